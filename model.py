@@ -423,15 +423,17 @@ def load_model(name_or_path, device="cpu"):
 
 
 @torch.no_grad()
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=50, generator=None):
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=50, generator=None, block_size=None):
     """Extend idx (B, T) by max_new_tokens sampled tokens. top_k=None samples from the full
-    distribution; the context is cropped to the model's block_size."""
+    distribution; the context is cropped to block_size (default: the model's). model may be a
+    GPT or anything that maps idx to (logits, loss), such as a compiled GPT."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    block_size = model.config.block_size if hasattr(model, "config") else None
+    if block_size is None:
+        block_size = model.config.block_size
     vocab_limit = None
     for _ in range(max_new_tokens):
-        idx_cond = idx if block_size is None else idx[:, -block_size:]
+        idx_cond = idx[:, -block_size:]
         logits, _ = model(idx_cond)
         logits = logits[:, -1, :].float() / temperature  # (B, vocab_size)
         if vocab_limit is None:
