@@ -278,6 +278,8 @@ def check_args(args, world_size):
         raise ValueError(f"--warmup_steps {args.warmup_steps} is more than --max_steps {args.max_steps}")
     if args.stop_at_step is not None and not 0 < args.stop_at_step <= args.max_steps:
         raise ValueError(f"--stop_at_step {args.stop_at_step} must be in [1, --max_steps {args.max_steps}]")
+    if args.init_from is None and args.vocab_size < 50257:
+        raise ValueError(f"--vocab_size {args.vocab_size} is smaller than GPT-2's tokenizer (50257 tokens)")
     if args.n_embd % args.n_head:
         raise ValueError(f"--n_embd {args.n_embd} is not divisible by --n_head {args.n_head}")
     if args.init_from is None and args.seq_len > args.block_size:
@@ -399,7 +401,8 @@ def plot_log(log_path, png_path, baselines):
     ax2.set_xlabel("step")
     ax2.set_ylabel("acc_norm")
     ax2.set_title("HellaSwag")
-    ax2.legend()
+    if hella or baselines:
+        ax2.legend()
     fig.tight_layout()
     tmp = png_path + ".tmp.png"
     fig.savefig(tmp, dpi=80)
