@@ -439,6 +439,37 @@ def setup_distributed(device_arg):
     return True, rank, local_rank, world_size, device
 
 
+def train_step(model, optimizer, train_loader, grad_accum_steps, autocast, device, lr, grad_clip):
+    """Forward and backward over grad_accum_steps micro-batches, gradient clipping, and the LR
+    set for the step; the caller checks the loss and calls optimizer.step(). model may be
+    DDP-wrapped. Returns the mean loss over micro-steps (and ranks) and the gradient norm."""
+    ddp = isinstance(model, DDP)
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss_accum = torch.zeros((), device=device)
+    for micro_step in range(grad_accum_steps):
+        x, y = train_loader.next_batch()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        # DDP all-reduces gradients during backward; only the last micro-step's backward needs
+        # it, so the others run under no_sync (which must be entered before the forward pass)
+        last = micro_step == grad_accum_steps - 1
+        with (model.no_sync() if ddp and not last else contextlib.nullcontext()):
+            with autocast:
+                _, loss = model(x, y)
+            # the loss is a mean over the micro-batch; dividing by grad_accum_steps makes the
+            # summed gradients the mean over the whole batch, as if it were one forward pass
+            loss = loss / grad_accum_steps
+            loss_accum += loss.detach()
+            loss.backward()
+    if ddp:
+        dist.all_reduce(loss_accum, op=dist.ReduceOp.AVG)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return loss_accum, norm
+
+
 def main(argv=None):
     args = parse_args(argv)
     ddp, rank, local_rank, world_size, device = setup_distributed(args.device)
@@ -518,9 +549,14 @@ def train(args, ddp, rank, world_size, device):
             torch.backends.cuda.matmul.fp32_precision = "tf32"
         else:  # torch < 2.9
             torch.backends.cuda.matmul.allow_tf32 = True
+    eval_model = infer_model = model
     if args.compile:
-        model = torch.compile(model)
-    eval_model = model  # compiled, not DDP-wrapped: evaluation needs no gradient sync
+        # training and validation see one (B, T): a static graph, specialised for that shape.
+        # HellaSwag and sampling see many lengths: one graph with dynamic shapes, so a new
+        # length is not a new compilation
+        model = eval_model = torch.compile(model, dynamic=False)
+        infer_model = torch.compile(raw_model, dynamic=True)
+    # (eval_model and infer_model are not DDP-wrapped: evaluation needs no gradient sync)
     if ddp:
         model = DDP(model, device_ids=[device] if device_type == "cuda" else None)
     optimizer = raw_model.configure_optimizers(args.weight_decay, args.max_lr, device_type, verbose=master)
@@ -591,7 +627,7 @@ def train(args, ddp, rank, world_size, device):
             import hellaswag
 
             counts = hellaswag.evaluate(
-                lambda idx: eval_model(idx)[0], hella_examples, device, rank=rank, world_size=world_size,
+                lambda idx: infer_model(idx)[0], hella_examples, device, rank=rank, world_size=world_size,
                 autocast_dtype=torch.bfloat16 if args.dtype == "bfloat16" else None,
             )
             c = torch.tensor([counts["n"], counts["num_correct"], counts["num_correct_norm"]], device=device, dtype=torch.long)
@@ -606,7 +642,7 @@ def train(args, ddp, rank, world_size, device):
             idx = prompt.unsqueeze(0).repeat(args.num_samples, 1)  # (num_samples, T)
             gen = torch.Generator(device=device).manual_seed(42)
             with autocast:
-                out = generate(eval_model, idx, args.sample_len, top_k=50, generator=gen, block_size=config.block_size)
+                out = generate(infer_model, idx, args.sample_len, top_k=50, generator=gen, block_size=config.block_size)
             event["samples"] = [enc.decode(row.tolist()) for row in out]
         say(msg)
         if master:
@@ -647,30 +683,9 @@ def train(args, ddp, rank, world_size, device):
             break
 
         t0 = time.perf_counter()
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss_accum = torch.zeros((), device=device)
-        for micro_step in range(grad_accum_steps):
-            x, y = train_loader.next_batch()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            # DDP all-reduces gradients during backward; only the last micro-step's backward needs
-            # it, so the others run under no_sync (which must be entered before the forward pass)
-            last = micro_step == grad_accum_steps - 1
-            with (model.no_sync() if ddp and not last else contextlib.nullcontext()):
-                with autocast:
-                    _, loss = model(x, y)
-                # the loss is a mean over the micro-batch; dividing by grad_accum_steps makes the
-                # summed gradients the mean over the whole batch, as if it were one forward pass
-                loss = loss / grad_accum_steps
-                loss_accum += loss.detach()
-                loss.backward()
-        if ddp:
-            dist.all_reduce(loss_accum, op=dist.ReduceOp.AVG)
-        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
         lr = get_lr(step, args.max_lr, min_lr, args.warmup_steps, args.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        train_loss = loss_accum.item()  # waits for this step's work on the device
+        loss, norm = train_step(model, optimizer, train_loader, grad_accum_steps, autocast, device, lr, args.grad_clip)
+        train_loss = loss.item()  # waits for this step's work on the device
         if not math.isfinite(train_loss):
             last_ckpt = latest_checkpoint(args.log_dir)
             raise FloatingPointError(
