@@ -100,6 +100,16 @@ class DataLoaderLite:
                 f"data loader state points at shard {state['shard']} but {len(self.shards)} shards exist; "
                 f"was the data directory regenerated since the checkpoint?"
             )
+        # the step must fit as next_batch leaves it: a position saved with another batch_size,
+        # seq_len or world_size (or from other shards) would otherwise fail later inside a reshape
+        need = self.B * self.T * self.num_processes + 1
+        ntok = len(load_shard(self.shards[state["shard"]]))
+        if not 0 <= state["position"] <= ntok - need:
+            raise ValueError(
+                f"data loader state: position {state['position']} in shard {self.shards[state['shard']]} "
+                f"({ntok} tokens) leaves no room for a step of {need} tokens; resume with the batch_size, "
+                f"seq_len and world_size (number of processes) of the checkpoint's run, on the same shards"
+            )
         self._seek(state["shard"], state["position"])
 
     def next_batch(self):

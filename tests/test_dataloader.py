@@ -1,0 +1,199 @@
+"""train_gpt2.DataLoaderLite over fineweb.py's shards: ranks interleave to read exactly what one
+process would, shard rollover and wrap-around, exact save/restore, and clear errors for bad shards."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from fineweb import ShardError, write_shard
+from train_gpt2 import DataLoaderLite, find_shards
+
+# train shard i holds i*10000 + position: every token says where it was read from
+TRAIN_LENGTHS = [100, 70, 50]
+B, T = 2, 4
+
+
+def make_dir(d, lengths=TRAIN_LENGTHS, val_length=40):
+    os.makedirs(d, exist_ok=True)
+    write_shard(os.path.join(d, "t_val_000000.bin"), 60000 + np.arange(val_length))
+    for i, n in enumerate(lengths, start=1):
+        write_shard(os.path.join(d, f"t_train_{i:06d}.bin"), i * 10000 + np.arange(n))
+    return str(d)
+
+
+def shard_tokens(lengths=TRAIN_LENGTHS):
+    return [(i + 1) * 10000 + np.arange(n) for i, n in enumerate(lengths)]
+
+
+def reference_steps(lengths, W, steps):
+    """(shard, start) of each step, recomputed by the rule: a step is W chunks of B*T tokens plus
+    one; when the next step does not fit in the shard, everyone moves to the next shard (after
+    the last, the first)."""
+    out, shard, start = [], 0, 0
+    for _ in range(steps):
+        out.append((shard, start))
+        start += B * T * W
+        if start + B * T * W + 1 > lengths[shard]:
+            shard, start = (shard + 1) % len(lengths), 0
+    return out
+
+
+def expected_batch(tokens, start):
+    buf = torch.from_numpy(tokens[start : start + B * T + 1].astype(np.int64))
+    return buf[:-1].view(B, T), buf[1:].view(B, T)
+
+
+@pytest.mark.parametrize("W", [1, 2, 3])
+def test_ranks_together_read_consecutive_chunks(tmp_path, W):
+    d = make_dir(tmp_path)
+    loaders = [DataLoaderLite(B, T, r, W, "train", d) for r in range(W)]
+    data = shard_tokens()
+    steps = reference_steps(TRAIN_LENGTHS, W, 40)  # several wrap-arounds
+    for shard, start in steps:
+        for r, loader in enumerate(loaders):
+            x, y = loader.next_batch()
+            ex, ey = expected_batch(data[shard], start + r * B * T)
+            torch.testing.assert_close(x, ex)
+            torch.testing.assert_close(y, ey)
+
+
+def test_union_of_ranks_equals_one_process(tmp_path):
+    """Within a shard, ranks 0..W-1 of a step read the W chunks that one process reads in W calls."""
+    d = make_dir(tmp_path, lengths=[400])
+    W = 3
+    single = DataLoaderLite(B, T, 0, 1, "train", d)
+    ranks = [DataLoaderLite(B, T, r, W, "train", d) for r in range(W)]
+    for step in range(400 // (B * T * W) - 1):
+        one = [single.next_batch() for _ in range(W)]
+        for r in range(W):
+            x, y = ranks[r].next_batch()
+            torch.testing.assert_close(x, one[r][0])
+            torch.testing.assert_close(y, one[r][1])
+
+
+def test_rollover_and_wrap_around(tmp_path):
+    d = make_dir(tmp_path)
+    W = 2  # a step is 2 chunks of 8 tokens, and needs 17
+    loader = DataLoaderLite(B, T, 0, W, "train", d)
+    where = []
+    for _ in range(15):
+        x, _ = loader.next_batch()
+        where.append(divmod(int(x[0, 0]), 10000))
+    # by hand: shard 1 (100 tokens) holds steps at 0..80 (96+17 > 100); shard 2 (70) 0..48;
+    # shard 3 (50) 0..32 (32+17 = 49 fits); then back to shard 1
+    assert where == ([(1, p) for p in (0, 16, 32, 48, 64, 80)] + [(2, p) for p in (0, 16, 32, 48)]
+                     + [(3, p) for p in (0, 16, 32)] + [(1, 0), (1, 16)])
+    assert loader.state_dict() == {"shard": 0, "position": 32}
+
+
+def test_save_restore_continues_exactly(tmp_path):
+    d = make_dir(tmp_path)
+    W = 2
+    for k in (0, 3, 6, 9, 13):  # before, inside and right after rollovers and the wrap-around
+        loaders = [DataLoaderLite(B, T, r, W, "train", d) for r in range(W)]
+        for _ in range(k):
+            for ld in loaders:
+                ld.next_batch()
+        states = [ld.state_dict() for ld in loaders]
+        assert all(s == states[0] for s in states)  # the same on every rank: one is saved
+        after = [[ld.next_batch() for _ in range(8)] for ld in loaders]
+        for r in range(W):
+            resumed = DataLoaderLite(B, T, r, W, "train", d)
+            resumed.load_state_dict(dict(states[0]))
+            for (x, y), (ex, ey) in zip([resumed.next_batch() for _ in range(8)], after[r]):
+                torch.testing.assert_close(x, ex)
+                torch.testing.assert_close(y, ey)
+
+
+def test_reset_starts_over(tmp_path):
+    d = make_dir(tmp_path)
+    loader = DataLoaderLite(B, T, 0, 1, "val", d)
+    first = loader.next_batch()
+    loader.next_batch()
+    loader.reset()
+    torch.testing.assert_close(loader.next_batch()[0], first[0])
+    torch.testing.assert_close(first[0].flatten(), torch.arange(60000, 60008))
+
+
+def corrupt(path, offset, value, dtype="<i4"):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(np.array([value], dtype=dtype).tobytes())
+
+
+def check_error(exc, *parts):
+    msg = str(exc.value)
+    for p in parts:
+        assert p in msg, f"{p!r} not in {msg!r}"
+    assert "fineweb.py" in msg  # says how to regenerate
+
+
+def test_bad_magic(tmp_path):
+    d = make_dir(tmp_path)
+    path = os.path.join(d, "t_train_000002.bin")
+    corrupt(path, 0, 12345)
+    with pytest.raises(ShardError) as e:
+        DataLoaderLite(B, T, 0, 1, "train", d)
+    check_error(e, path, "magic 12345", "expected 20240520")
+
+
+def test_wrong_version(tmp_path):
+    d = make_dir(tmp_path)
+    path = os.path.join(d, "t_train_000001.bin")
+    corrupt(path, 4, 7)
+    with pytest.raises(ShardError) as e:
+        DataLoaderLite(B, T, 0, 1, "train", d)
+    check_error(e, path, "version 7", "expected 1")
+
+
+def test_truncated_shard(tmp_path):
+    d = make_dir(tmp_path)
+    path = os.path.join(d, "t_train_000003.bin")
+    with open(path, "r+b") as f:
+        f.truncate(1024 + 2 * 50 - 6)
+    with pytest.raises(ShardError) as e:
+        DataLoaderLite(B, T, 0, 1, "train", d)
+    check_error(e, path, f"is {1024 + 94} bytes", "says 50 tokens (1124 bytes)", "truncated")
+    with open(path, "r+b") as f:
+        f.truncate(100)  # not even a header
+    with pytest.raises(ShardError) as e:
+        DataLoaderLite(B, T, 0, 1, "train", d)
+    check_error(e, path, "100 bytes", "1024-byte header")
+
+
+def test_too_small_shard(tmp_path):
+    d = make_dir(tmp_path, lengths=[100, 16])
+    with pytest.raises(ShardError) as e:
+        DataLoaderLite(B, T, 0, 2, "train", d)  # a step needs 2*4*2 + 1 = 17 tokens
+    check_error(e, os.path.join(d, "t_train_000002.bin"), "has 16 tokens", "= 17 needed")
+    DataLoaderLite(B, T, 0, 1, "train", d)  # one process needs 9: fine
+
+
+def test_missing_directory_and_no_shards(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError) as e:
+        DataLoaderLite(B, T, 0, 1, "train", missing)
+    check_error(e, missing, "does not exist")
+    d = str(tmp_path / "valonly")
+    os.makedirs(d)
+    write_shard(os.path.join(d, "t_val_000000.bin"), np.arange(100))
+    write_shard(os.path.join(d, "t_train_000001.bin.tmp"), np.arange(100))  # an unfinished write is no shard
+    with pytest.raises(FileNotFoundError) as e:
+        DataLoaderLite(B, T, 0, 1, "train", d)
+    check_error(e, d, "no train shards", "*_train_*.bin")
+    assert find_shards(d, "val") == [os.path.join(d, "t_val_000000.bin")]
+
+
+def test_restoring_a_position_that_does_not_fit_is_a_clear_error(tmp_path):
+    d = make_dir(tmp_path)
+    # saved by one process at shard 1's last step (80 + 9 <= 100), resumed on 2 processes: the
+    # step (17 tokens) no longer fits there, and rank 1 would read past the end
+    loader = DataLoaderLite(B, T, 1, 2, "train", d)
+    with pytest.raises(ValueError, match=r"position 88 in shard .*t_train_000001.bin \(100 tokens\).*17 tokens.*world_size"):
+        loader.load_state_dict({"shard": 0, "position": 88})
+    with pytest.raises(ValueError, match="shard 3 but 3 shards exist"):
+        loader.load_state_dict({"shard": 3, "position": 0})
+    loader.load_state_dict({"shard": 0, "position": 80})  # 80 + 17 <= 100 fits
+    assert int(loader.next_batch()[0][0, 0]) == 10000 + 88  # rank 1 reads one chunk further
