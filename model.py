@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import inspect
 import os
+import shutil
 from dataclasses import dataclass, fields
 
 import torch
@@ -148,7 +149,7 @@ class GPT(nn.Module):
         if targets is not None:
             # cross-entropy in float32 even under bf16 autocast: the log-sum-exp over 50k logits
             # loses too much precision in bf16
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1))
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
         return logits, loss
 
     def num_params(self):
@@ -209,8 +210,13 @@ class GPT(nn.Module):
         sd = self.state_dict()
         expected = set(sd.keys())
         # lm_head.weight is tied to wte; a checkpoint may or may not store it
-        if "lm_head.weight" not in sd_hf:
+        if "lm_head.weight" not in sd_hf and "transformer.wte.weight" in sd_hf:
             sd_hf["lm_head.weight"] = sd_hf["transformer.wte.weight"]
+        elif "lm_head.weight" in sd_hf and "transformer.wte.weight" in sd_hf:
+            if not torch.equal(sd_hf["lm_head.weight"], sd_hf["transformer.wte.weight"]):
+                # both keys load into our one tied matrix: one would silently overwrite the other
+                raise ValueError(f"{source}: lm_head.weight differs from transformer.wte.weight; "
+                                 f"this GPT-2 ties them and cannot load an untied checkpoint")
         missing = sorted(expected - set(sd_hf))
         unexpected = sorted(set(sd_hf) - expected)
         if missing or unexpected:
@@ -398,8 +404,14 @@ def save_hf_tokenizer(out_dir):
     from transformers import GPT2TokenizerFast
 
     paths = check_gpt2_bpe_files(gpt2_bpe_dir())
-    tok = GPT2TokenizerFast(vocab_file=paths["encoder.json"], merges_file=paths["vocab.bpe"])
-    tok.model_max_length = 1024
+    # vocab.json + merges.txt, as in the gpt2 repository on the hub: every transformers version
+    # loads that layout (the constructor's file arguments were renamed in transformers 5, and
+    # the old names are silently swallowed, giving an empty vocabulary)
+    shutil.copyfile(paths["encoder.json"], os.path.join(out_dir, "vocab.json"))
+    shutil.copyfile(paths["vocab.bpe"], os.path.join(out_dir, "merges.txt"))
+    tok = GPT2TokenizerFast.from_pretrained(out_dir, model_max_length=1024)
+    if len(tok) != GPT2_VOCAB_SIZE:
+        raise RuntimeError(f"exported tokenizer in {out_dir} has {len(tok)} tokens, expected {GPT2_VOCAB_SIZE}")
     tok.save_pretrained(out_dir)
 
 
