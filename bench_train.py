@@ -5,18 +5,18 @@ in the same run on CPU (or the datasheet peak on a GPU).
 
     python bench_train.py                                # GPT-2 124M, seq_len 1024, batch 4, bf16
     python bench_train.py --batch_size 2 --dtype float32 --modes compiled
-    python bench_train.py --profile                      # where the eager step's time goes
+    python bench_train.py --profile                      # where the step's time goes, eager and compiled
 
-Each mode runs in a subprocess of its own, so that its peak memory (RSS) is its own.
+The modes share one model and one process and take turns step by step (eager, compiled, eager,
+...), so that a machine whose speed drifts (a shared CPU, a GPU warming up) slows both alike and
+their ratio holds. Peak memory is read per step (Linux: VmHWM after resetting it through
+/proc/self/clear_refs), so each mode's figure is its own.
 """
 
 import argparse
-import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -41,92 +41,127 @@ def peak_flops(device, dtype):
     return train_gpt2.measure_peak_flops(device, dtype), "measured"
 
 
-def run_mode(args):
-    """Time args.steps steps in this process and print one JSON line of results."""
-    device = args.device
+def reset_peak_rss():
+    """Start a new peak-RSS window (Linux); False where the kernel does not offer it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_gb():
+    """The process's peak RSS since the last reset_peak_rss (or since it started)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: kB, since start
+
+
+def build(args):
     torch.manual_seed(0)
     config = GPTConfig(block_size=args.seq_len, vocab_size=50304, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
-    model = GPT(config).to(device)
-    optimizer = model.configure_optimizers(0.1, 6e-4, device)
-    train_model = torch.compile(model, dynamic=False) if args.mode == "compiled" else model
-    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+    model = GPT(config).to(args.device)
+    optimizer = model.configure_optimizers(0.1, 6e-4, args.device)
+    autocast = torch.autocast(device_type=args.device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+    return config, model, optimizer, autocast
+
+
+def one_step(train_model, optimizer, loader, autocast, device):
+    """One full training step, exactly as train_gpt2.py's loop runs it; its time in seconds."""
+    t0 = time.perf_counter()
+    train_gpt2.train_step(train_model, optimizer, loader, 1, autocast, device, 6e-4, 1.0)
+    optimizer.step()
+    train_gpt2.sync(device)
+    return time.perf_counter() - t0
+
+
+def run(args, modes):
+    """Interleaved timed steps of each mode; a dict of results per mode."""
+    config, model, optimizer, autocast = build(args)
+    models = {"eager": model, "compiled": torch.compile(model, dynamic=False)}
+    res = {m: {"times": [], "rss": []} for m in modes}
     with tempfile.TemporaryDirectory() as data_dir:
-        make_data(data_dir, args.batch_size * args.seq_len * (args.steps + args.warmup + 2) + 1)
+        steps = len(modes) * (args.warmup + args.steps)
+        make_data(data_dir, args.batch_size * args.seq_len * (steps + 2) + 1)
         loader = train_gpt2.DataLoaderLite(args.batch_size, args.seq_len, 0, 1, "train", data_dir)
-        times = []
-        t_compile = time.perf_counter()
         for i in range(args.warmup + args.steps):
-            t0 = time.perf_counter()
-            train_gpt2.train_step(train_model, optimizer, loader, 1, autocast, device, 6e-4, 1.0)
-            optimizer.step()
-            train_gpt2.sync(device)
-            times.append(time.perf_counter() - t0)
-            if i == 0:
-                t_compile = time.perf_counter() - t_compile
+            for m in modes:
+                rss_window = reset_peak_rss()
+                t = one_step(models[m], optimizer, loader, autocast, args.device)
+                if i == 0:
+                    res[m]["first_step_s"] = t  # includes compilation
+                if i >= args.warmup:
+                    res[m]["times"].append(t)
+                    res[m]["rss"].append(peak_rss_gb() if rss_window else None)
         # the data loader alone, for the same number of batches
         loader.reset()
         t0 = time.perf_counter()
         for _ in range(args.steps):
             loader.next_batch()
         t_data = (time.perf_counter() - t0) / args.steps
-    step = statistics.median(times[args.warmup :])
     tokens = args.batch_size * args.seq_len
     flops_token = train_gpt2.flops_per_token(config, args.seq_len)
-    print(json.dumps({
-        "mode": args.mode, "step_s": step, "first_step_s": t_compile, "tokens_per_s": tokens / step,
-        "flops_per_token": flops_token, "flops_per_s": flops_token * tokens / step, "data_s": t_data,
-        "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "params": model.num_params(),
-    }))
+    for m, r in res.items():
+        r["step_s"] = statistics.median(r["times"])
+        r["tokens_per_s"] = tokens / r["step_s"]
+        r["flops_per_s"] = flops_token * tokens / r["step_s"]
+        r["data_s"] = t_data
+        r["max_rss_gb"] = max(r["rss"]) if None not in r["rss"] else peak_rss_gb()
+    return config, model.num_params(), flops_token, res
 
 
-def profile(args):
-    """Where the eager step's time goes, by kind of op."""
+def profile(args, modes):
+    """Where the step's time goes in each mode, by kind of op (self time, so nothing counts twice)."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    device = args.device
-    config = GPTConfig(block_size=args.seq_len, vocab_size=50304, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
-    model = GPT(config).to(device)
-    optimizer = model.configure_optimizers(0.1, 6e-4, device)
-    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
-    with tempfile.TemporaryDirectory() as data_dir:
-        make_data(data_dir, args.batch_size * args.seq_len * 4 + 1)
-        loader = train_gpt2.DataLoaderLite(args.batch_size, args.seq_len, 0, 1, "train", data_dir)
-        train_gpt2.train_step(model, optimizer, loader, 1, autocast, device, 6e-4, 1.0)  # warm-up
-        optimizer.step()
-        with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            train_gpt2.train_step(model, optimizer, loader, 1, autocast, device, 6e-4, 1.0)
-            optimizer.step()
+    config, model, optimizer, autocast = build(args)
+    models = {"eager": model, "compiled": torch.compile(model, dynamic=False)}
     vocab = config.vocab_size
-    buckets = {}
-    total = 0.0
-    for e in prof.key_averages(group_by_input_shape=True):
-        # self time: each op's own work, so that nested ops are not counted twice
-        t = e.self_cpu_time_total / 1e6
-        total += t
-        name, shapes = e.key, str(e.input_shapes)
-        if "scaled_dot_product" in name or "flash_attention" in name:
-            kind = "attention (SDPA forward and backward)"
-        elif name in ("aten::mm", "aten::addmm", "aten::bmm") and str(vocab) in shapes:
-            kind = "lm_head matmuls"
-        elif name in ("aten::mm", "aten::addmm", "aten::bmm"):
-            kind = "qkv, attention-out and MLP matmuls"
-        elif "log_softmax" in name or "nll_loss" in name or "cross_entropy" in name:
-            kind = "cross-entropy"
-        elif "adam" in name.lower():
-            kind = "optimizer (fused AdamW)"
-        elif "gelu" in name:
-            kind = "GELU"
-        elif "layer_norm" in name:
-            kind = "LayerNorm"
-        elif "copy_" in name or "to_copy" in name or "clone" in name or "contiguous" in name:
-            kind = "copies and dtype casts"
-        else:
-            kind = "the rest"
-        buckets[kind] = buckets.get(kind, 0.0) + t
-    print(f"eager step profile, {args.dtype}, batch {args.batch_size} x {args.seq_len}, total self time {total:.2f}s:")
-    for kind, t in sorted(buckets.items(), key=lambda kv: -kv[1]):
-        print(f"  {kind:40s} {t:7.3f}s  {100 * t / total:5.1f}%")
+    with tempfile.TemporaryDirectory() as data_dir:
+        make_data(data_dir, args.batch_size * args.seq_len * 3 * len(modes) + 1)
+        loader = train_gpt2.DataLoaderLite(args.batch_size, args.seq_len, 0, 1, "train", data_dir)
+        for mode in modes:
+            for _ in range(2):  # warm-up (and compilation)
+                one_step(models[mode], optimizer, loader, autocast, args.device)
+            with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                one_step(models[mode], optimizer, loader, autocast, args.device)
+            buckets, total = {}, 0.0
+            for e in prof.key_averages(group_by_input_shape=True):
+                t = e.self_cpu_time_total / 1e6
+                total += t
+                name, shapes = e.key, str(e.input_shapes)
+                if "scaled_dot_product" in name or "flash_attention" in name:
+                    kind = "attention (SDPA forward and backward)"
+                elif name in ("aten::mm", "aten::addmm", "aten::bmm") and str(vocab) in shapes:
+                    kind = "lm_head matmuls"
+                elif name in ("aten::mm", "aten::addmm", "aten::bmm"):
+                    kind = "qkv, attention-out and MLP matmuls"
+                elif "CompiledFxGraph" in name:
+                    # inductor's generated kernels run inside the graph call: the fused
+                    # cross-entropy, GELU, LayerNorm, casts and residual adds
+                    kind = "inductor kernels (fused CE, GELU, LN, casts)"
+                elif "log_softmax" in name or "nll_loss" in name or "cross_entropy" in name:
+                    kind = "cross-entropy"
+                elif "adam" in name.lower():
+                    kind = "optimizer (fused AdamW)"
+                elif "gelu" in name:
+                    kind = "GELU"
+                elif "layer_norm" in name:
+                    kind = "LayerNorm"
+                elif "copy_" in name or "to_copy" in name or "clone" in name or "contiguous" in name:
+                    kind = "copies and dtype casts"
+                else:
+                    kind = "the rest"
+                buckets[kind] = buckets.get(kind, 0.0) + t
+            print(f"{mode} step profile, {args.dtype}, batch {args.batch_size} x {args.seq_len}, total self time {total:.2f}s:")
+            for kind, t in sorted(buckets.items(), key=lambda kv: -kv[1]):
+                print(f"  {kind:46s} {t:7.3f}s  {100 * t / total:5.1f}%")
 
 
 def main():
@@ -141,30 +176,24 @@ def main():
     p.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled")
     p.add_argument("--steps", type=int, default=5, help="timed steps per mode (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
-    p.add_argument("--profile", action="store_true", help="print where the eager step's time goes, and exit")
-    p.add_argument("--mode", help=argparse.SUPPRESS)  # internal: run one mode in this process
+    p.add_argument("--profile", action="store_true", help="print where the step's time goes in each of --modes, and exit")
     args = p.parse_args()
-    if args.mode:
-        return run_mode(args)
+    modes = args.modes.split(",")
+    if any(m not in ("eager", "compiled") for m in modes):
+        p.error(f"--modes {args.modes}: use eager, compiled or eager,compiled")
     if args.profile:
-        return profile(args)
+        return profile(args, modes)
 
     peak, how = peak_flops(args.device, args.dtype)
     peak_fp32, _ = peak_flops(args.device, "float32") if args.dtype != "float32" else (peak, how)
-    results = {}
-    for mode in args.modes.split(","):
-        cmd = [sys.executable, os.path.abspath(__file__), "--mode", mode] + [
-            f"--{k}={getattr(args, k)}" for k in ("n_layer", "n_head", "n_embd", "batch_size", "seq_len", "dtype", "device", "steps", "warmup")
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"{mode} run failed:\n{out.stderr[-3000:]}")
-        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-
-    r0 = next(iter(results.values()))
-    print(f"model: n_layer {args.n_layer}, n_head {args.n_head}, n_embd {args.n_embd}, {r0['params']:,} parameters; "
+    config, params, flops_token, results = run(args, modes)
+    if how == "measured":
+        # measured again after the steps, and the larger kept: a peak that drifted down while we
+        # ran would flatter the MFU
+        peak = max(peak, peak_flops(args.device, args.dtype)[0])
+    print(f"model: n_layer {args.n_layer}, n_head {args.n_head}, n_embd {args.n_embd}, {params:,} parameters; "
           f"batch {args.batch_size} x seq_len {args.seq_len}, {args.dtype}, device {args.device}")
-    print(f"FLOPs per token: {r0['flops_per_token'] / 1e6:.1f}M (6 * non-wpe parameters + 12 * n_layer * seq_len * n_embd for attention)")
+    print(f"FLOPs per token: {flops_token / 1e6:.1f}M (6 * non-wpe parameters + 12 * n_layer * seq_len * n_embd for attention)")
     print(f"peak ({how}): {args.dtype} {peak / 1e12:.3f} TFLOP/s" + (f", float32 {peak_fp32 / 1e12:.3f} TFLOP/s" if args.dtype != "float32" else ""))
     print(f"{'mode':10s} {'step (median)':>14s} {'first step':>11s} {'tokens/s':>10s} {'TFLOP/s':>9s} {'MFU':>6s} {'data/step':>10s} {'peak RSS':>9s}")
     for mode, r in results.items():
