@@ -181,3 +181,47 @@ def test_ddp_matches_single_process(data_dir, tmp_path):
     torch.testing.assert_close(torch.tensor(ddp_val), torch.tensor(single_val), rtol=0, atol=1e-5)
     # rank 0 alone prints: one line per step
     assert proc.stdout.count("step     0 | loss") == 1
+
+
+def write_hellaswag(path, n):
+    """n examples in the official hellaswag_val.jsonl format, endings of different lengths."""
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({
+                "ind": i, "activity_label": "Cooking", "ctx_a": f"A man takes a pan {i}.", "ctx_b": "he",
+                "ctx": f"A man takes a pan {i}. he", "split": "val", "split_type": "indomain", "label": i % 4,
+                "endings": ["puts it on the stove.", "eats it" + " slowly" * (i % 3) + ".", "runs away.", "sings."],
+                "source_id": f"test~{i}",
+            }) + "\n")
+
+
+def test_compiled_run_evaluates_hellaswag_and_samples(data_dir, tmp_path):
+    """torch.compile on: training, validation, HellaSwag and sampling all run inside one compiled
+    run, with the same losses as eager and a bounded number of compiled graphs (no recompilation
+    per sample length or per HellaSwag batch)."""
+    pytest.importorskip("hellaswag")
+    from torch._dynamo.utils import counters
+
+    hs = str(tmp_path / "hellaswag_val.jsonl")
+    write_hellaswag(hs, 6)
+    flags = ["--total_batch_size", "64", "--max_steps", "4", "--eval_every", "2", "--hellaswag",
+             "--hellaswag_file", hs, "--num_samples", "2", "--sample_len", "20"]
+    eager = run(data_dir, tmp_path / "eager", *flags)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = run(data_dir, tmp_path / "compiled", *flags, "--compile")
+    graphs = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    print(f"compiled graphs: {graphs}")
+    # training (1), validation in eval mode (1), HellaSwag and sampling (one dynamic-shape graph,
+    # which may be specialised once more for the single-row prompt)
+    assert 3 <= graphs <= 5, f"{graphs} compiled graphs"
+    torch.testing.assert_close(torch.tensor(compiled["losses"]), torch.tensor(eager["losses"]), rtol=1e-4, atol=1e-4)
+    log = read_log(tmp_path / "compiled")
+    evals = [e for e in log if "val_loss" in e]
+    assert [e["step"] for e in evals] == [0, 2, 4]
+    ref = [e for e in read_log(tmp_path / "eager") if "val_loss" in e]
+    for e, r in zip(evals, ref):
+        assert e["hellaswag_n"] == 6 and e["hellaswag_acc_norm"] == r["hellaswag_acc_norm"]
+        assert e["val_loss"] == pytest.approx(r["val_loss"], abs=1e-4)
+        assert len(e["samples"]) == 2 and all(s.startswith("Hello, I'm a language model,") for s in e["samples"])
