@@ -421,8 +421,8 @@ def read_manifest(out_dir):
         return json.load(f)
 
 
-# the embedded corpus (~139k tokens on Python 3.11) keeps about 10% for validation: enough for a
-# few evaluation steps of the cpu preset (8*256 + 1 tokens a step per process)
+# the embedded corpus (~139k tokens on Python 3.11) keeps about 12% for validation: enough for a
+# few evaluation batches of the cpu preset (8*128 + 1 tokens a batch per process)
 EMBEDDED_VAL_TOKENS = 16384
 EMBEDDED_OUT_DIR = os.path.join("data", "pydoc")
 EMBEDDED_PREFIX = "pydoc"
