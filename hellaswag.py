@@ -1,0 +1,637 @@
+"""
+HellaSwag accuracy of a GPT-2: OpenAI's checkpoints or any local Hugging Face GPT-2 directory
+(evaluated through transformers.GPT2LMHeadModel, the reference baseline), or one of our
+train_gpt2.py checkpoints (evaluated through model.py's GPT).
+
+    python hellaswag.py --model gpt2                        # OpenAI's 124M on the 10,042 val examples
+    python hellaswag.py --model gpt2-xl --device cuda --out gpt2-xl.json
+    python hellaswag.py --model log/model_19073.pt --dtype bfloat16
+    python hellaswag.py --model path/to/hf_dir --file hellaswag_val.jsonl --limit 500
+    python hellaswag.py --model gpt2 --limit 200 --benchmark   # batched scorer vs one example per forward
+
+The data are the official JSONL files of HellaSwag (Zellers et al. 2019,
+https://github.com/rowanz/hellaswag), downloaded on first use into hellaswag/ beside this file (or
+$HELLASWAG_CACHE), or read from a local file with --file. Every line is checked: "ctx" a string,
+"endings" a list of exactly 4 strings, "label" an int in 0..3 (the test split has no labels, so it
+cannot be scored).
+
+The method is build-nanogpt's completion style, the one behind the published GPT-2 numbers below.
+Each of the 4 candidates is the row tokens(ctx) + tokens(" " + ending); the model's cross-entropy is
+taken over the ending tokens alone (the logits at position t predict token t + 1), in float32, over
+GPT-2's 50257 real vocabulary entries (a vocabulary padded to 50304 for speed keeps its padding rows
+out of the softmax). `acc` counts the examples whose correct ending has the lowest summed loss,
+`acc_norm` the lowest mean loss per ending token (which removes the bias towards short endings).
+A row longer than the model's block_size is an error naming the example, never cropped: cropping
+would cut the context off the ending it conditions, and HellaSwag's val rows are all under 200
+tokens anyway.
+
+Reference numbers with this method on the 10,042 val examples:
+
+    model                    acc      acc_norm   source
+    GPT-2 124M  (gpt2)       0.2859   0.2955     build-nanogpt's hellaswag.py (float32, transformers)
+    GPT-2 1558M (gpt2-xl)    0.3842   0.4893     build-nanogpt's hellaswag.py (float32, transformers)
+    GPT-3 Small (125M)         -      0.337      GPT-3 paper (Brown et al. 2020, arXiv:2005.14165),
+                                                 zero-shot, from its table of every task, setting and
+                                                 model size; OpenAI's own per-token length-normalised
+                                                 scoring, so compare it with acc_norm
+
+One scorer, many callers: this script's Hugging Face path and its checkpoint path, and
+train_gpt2.py's evaluation during training, all call `evaluate` below and differ only in the
+model functions they hand it. train_gpt2.py hands it the logits of its (compiled) model; this
+script hands it the hidden states and the vocabulary projection apart, so that only the positions a
+loss is taken at are projected onto the 50257 tokens (the same numbers; on CPU 1.5x faster for a
+124M model, 2-3x for tiny ones). `evaluate` batches examples of similar length (for
+torch.compile, with stable shapes: a fixed number of rows per forward and lengths padded to a
+multiple of 32; the padding is masked out of every loss) and splits them over DDP ranks.
+--benchmark times it against build-nanogpt's loop of one example per forward.
+"""
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch.nn import functional as F
+
+from model import GPT2_EOT, GPT2_VOCAB_SIZE, HF_GPT2_NAMES, default_device, get_tokenizer, load_model
+
+DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
+SPLITS = ("train", "val", "test")
+NUM_ENDINGS = 4
+# examples per forward (4 rows each). On a GPU more is faster. On a CPU a 124M model gains nothing
+# from big batches: its matmuls are as efficient with 4 examples per forward as with 16, and the
+# bigger activations fall out of the caches (16 measured 1.5x slower than 4); tiny models still gain
+BATCH_SIZE = 16
+CPU_BATCH_SIZE = 4
+# the padded length of a batch is a multiple of this, so a torch.compile(dynamic=True) model sees a
+# handful of shapes over the whole set instead of one per length. This script runs its models
+# eagerly, where any shape costs the same, so it pads to the longest row only (1.2x faster on CPU)
+PAD_MULTIPLE = 32
+# the context length assumed when a caller does not give the model's: GPT-2's
+DEFAULT_BLOCK_SIZE = 1024
+
+
+class HellaSwagError(ValueError):
+    """HellaSwag data that is not in the official format, or that cannot be scored as asked."""
+
+
+class DownloadError(OSError):
+    """The official file could not be downloaded."""
+
+
+class ModelLoadError(ValueError):
+    """--model could not be loaded."""
+
+
+# -----------------------------------------------------------------------------
+# data: the official JSONL files, checked line by line
+
+
+def cache_dir():
+    """$HELLASWAG_CACHE, or hellaswag/ beside this file."""
+    return os.environ.get("HELLASWAG_CACHE") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "hellaswag")
+
+
+@dataclass
+class Example:
+    ctx: str
+    endings: list
+    label: object  # int in 0..3, or None for unlabeled (test split) data
+    file: str
+    line: int  # 1-based line number in file
+    index: int  # 0-based position among the file's examples
+    # (context tokens, [ending tokens] * 4), filled by encode() on first use
+    tokens: tuple = field(default=None, repr=False, compare=False)
+
+    @property
+    def where(self):
+        return f"{self.file} line {self.line}"
+
+
+def _short(value, n=60):
+    r = repr(value)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def parse_line(text, file, line, index, require_label=False):
+    """One line of an official HellaSwag file as an Example; HellaSwagError naming the file and
+    line if it is not in the official format."""
+
+    def bad(problem):
+        return HellaSwagError(f"{file} line {line}: {problem}")
+
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise bad(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise bad(f"expected a JSON object with 'ctx', 'endings' and 'label', found {type(obj).__name__}")
+    for key in ("ctx", "endings"):
+        if key not in obj:
+            raise bad(f"missing field {key!r} (fields found: {', '.join(sorted(obj)) or 'none'})")
+    ctx, endings = obj["ctx"], obj["endings"]
+    if not isinstance(ctx, str) or not ctx:
+        # an empty context leaves nothing to predict the first ending token from
+        raise bad(f"'ctx' must be a non-empty string, found {_short(ctx)}")
+    if not isinstance(endings, list) or len(endings) != NUM_ENDINGS:
+        found = f"a list of {len(endings)}" if isinstance(endings, list) else _short(endings)
+        raise bad(f"'endings' must be a list of exactly {NUM_ENDINGS} strings, found {found}")
+    for j, ending in enumerate(endings):
+        if not isinstance(ending, str):
+            raise bad(f"'endings'[{j}] must be a string, found {_short(ending)}")
+    label = obj.get("label")
+    if label is None:
+        if require_label:
+            raise bad("missing field 'label'; this split's lines all have one")
+    elif isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < NUM_ENDINGS:
+        raise bad(f"'label' must be an integer in 0..{NUM_ENDINGS - 1}, found {_short(label)}")
+    return Example(ctx=ctx, endings=list(endings), label=label, file=file, line=line, index=index)
+
+
+def read_examples(path, limit=None, require_label=False, hint=None):
+    """The examples of a HellaSwag JSONL file (the first `limit` if given), each line checked.
+    Blank lines are skipped. hint is appended to errors (what to do about a bad file)."""
+    examples = []
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if limit is not None and len(examples) >= limit:
+                break
+            try:
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    problem = f"not UTF-8 text ({e.reason} at byte {e.start})"
+                    raise HellaSwagError(f"{path} line {line_no}: {problem}") from None
+                if not text.strip():
+                    continue
+                examples.append(parse_line(text, path, line_no, len(examples), require_label))
+            except HellaSwagError as e:
+                if hint:
+                    raise HellaSwagError(f"{e}; {hint}") from None
+                raise
+    if not examples and limit != 0:
+        raise HellaSwagError(f"{path}: no examples (the file is empty)" + (f"; {hint}" if hint else ""))
+    return examples
+
+
+def download(split, cache=None, progress=True):
+    """Path of the official hellaswag_{split}.jsonl in the cache folder, downloaded first if absent.
+    The bytes go to a temporary name that is renamed only once complete, so an interrupted
+    download never leaves a truncated file that a later run would take for the real one."""
+    from tqdm import tqdm
+
+    if split not in SPLITS:
+        raise ValueError(f"HellaSwag split {split!r}: expected one of {', '.join(SPLITS)}")
+    cache = cache or cache_dir()
+    path = os.path.join(cache, f"hellaswag_{split}.jsonl")
+    if os.path.isfile(path):
+        return path
+    url = DATA_URL.format(split=split)
+    os.makedirs(cache, exist_ok=True)
+    # one temporary name per process: two processes downloading at once never write one file
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}",
+                      disable=not progress) as bar:
+                while chunk := response.read(1 << 16):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+        size = os.path.getsize(tmp)
+        if total is not None and size != total:
+            raise DownloadError(f"the server announced {total} bytes but sent {size}")
+        os.replace(tmp, path)
+    except (OSError, ValueError) as e:  # urllib.error.URLError and socket timeouts are OSErrors
+        raise DownloadError(
+            f"could not download {url} into {path}: {e}. Check the network, or download the file "
+            f"another way and pass it with --file (train_gpt2.py: --hellaswag_file)"
+        ) from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_examples(split="val", file=None, limit=None, cache=None, progress=True):
+    """HellaSwag examples: the official `split` (downloaded into the cache on first use), or the
+    local JSONL `file` instead. limit: only the first `limit` examples."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    if file is not None:
+        if not os.path.isfile(file):
+            raise FileNotFoundError(
+                f"HellaSwag file {file} does not exist; give the path of a hellaswag_{{split}}.jsonl in the "
+                f"official format, or no file to download the official one from {DATA_URL.format(split=split)}"
+            )
+        hint = "fix the line, or use a file in the official format (https://github.com/rowanz/hellaswag)"
+        return read_examples(file, limit, hint=hint)
+    path = download(split, cache, progress)
+    hint = f"the cached download is damaged: delete {path} and run again to download it anew"
+    return read_examples(path, limit, require_label=split != "test", hint=hint)
+
+
+# -----------------------------------------------------------------------------
+# scoring: the ending's cross-entropy under the model, batched
+
+
+class Scores(NamedTuple):
+    sum_loss: torch.Tensor  # (n, 4): summed cross-entropy of each ending's tokens
+    mean_loss: torch.Tensor  # (n, 4): the same divided by the ending's number of tokens
+    pred: torch.Tensor  # (n,): the ending of lowest sum_loss (acc)
+    pred_norm: torch.Tensor  # (n,): the ending of lowest mean_loss (acc_norm)
+
+
+def encode(example):
+    """(context tokens, [ending tokens] * 4) of an example, cached on it. Each ending is encoded with
+    a leading space, as it continues the context's last word."""
+    if example.tokens is None:
+        enc = get_tokenizer()
+        ctx = enc.encode_ordinary(example.ctx)
+        endings = [enc.encode_ordinary(" " + ending) for ending in example.endings]
+        example.tokens = (ctx, endings)
+    return example.tokens
+
+
+def row_length(example):
+    """Tokens in the longest of the example's 4 candidate rows."""
+    ctx, endings = encode(example)
+    return len(ctx) + max(len(e) for e in endings)
+
+
+def check_lengths(examples, block_size):
+    for ex in examples:
+        n = row_length(ex)
+        if n > block_size:
+            raise HellaSwagError(
+                f"{ex.where}: context + longest ending is {n} tokens, more than the model's block_size "
+                f"{block_size}; rows are not cropped (cropping would cut the context an ending is scored "
+                f"on): use a model with a longer context, or leave this example out"
+            )
+
+
+def _autocast(device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+@torch.no_grad()
+def score_batch(logits_fn, examples, device, rows=None, pad_multiple=1, block_size=None, autocast_dtype=None,
+                head=None):
+    """Scores of a few examples in one forward of `rows` rows (default 4 per example; the rows past
+    the examples' are dummy rows, scored and discarded, so that every batch has one shape). The
+    length is the longest row rounded up to a multiple of pad_multiple, capped at block_size.
+    Padding is <|endoftext|> after each row's end: attention is causal, so it never changes the
+    logits of a real position, and it is masked out of the losses.
+
+    logits_fn maps token ids (rows, T) to logits (rows, T, V). With head given, it maps them to the
+    hidden states before the vocabulary projection instead (rows, T, n_embd), and head projects
+    the ones a loss is taken at (M, n_embd) -> (M, V): the same logits, without computing (and
+    storing) the vocabulary projection of every context and padding position."""
+    n = len(examples)
+    rows = NUM_ENDINGS * n if rows is None else rows
+    if n == 0 or rows < NUM_ENDINGS * n:
+        raise ValueError(f"score_batch needs 1 or more examples and rows >= 4 * examples, got {n} and {rows}")
+    if block_size is not None:
+        check_lengths(examples, block_size)
+    T = max(row_length(ex) for ex in examples)
+    T = -(-T // pad_multiple) * pad_multiple
+    if block_size is not None:
+        T = min(T, block_size)
+    idx = torch.full((rows, T), GPT2_EOT, dtype=torch.long)
+    is_ending = torch.zeros((rows, T), dtype=torch.bool)  # the positions of ending tokens
+    for i, ex in enumerate(examples):
+        ctx, endings = encode(ex)
+        for j, ending in enumerate(endings):
+            r = NUM_ENDINGS * i + j
+            idx[r, : len(ctx)] = torch.tensor(ctx)
+            idx[r, len(ctx) : len(ctx) + len(ending)] = torch.tensor(ending)
+            is_ending[r, len(ctx) : len(ctx) + len(ending)] = True
+    idx = idx.to(device)
+    # the logits at position t predict token t + 1: a loss wherever token t + 1 is an ending token,
+    # and only those positions are kept (the context's predictions are never needed)
+    target_mask = is_ending[:, 1:].to(device)  # (rows, T - 1)
+    with _autocast(device, autocast_dtype):
+        out = logits_fn(idx)  # (rows, T, V), or (rows, T, n_embd) with head
+        out = out[:, :-1][target_mask]  # (M, V) or (M, n_embd); M = ending tokens in the batch
+        if head is not None:
+            out = head(out)  # (M, V)
+    # float32 over the real vocabulary only: the padding rows of a 50304 vocabulary must not take
+    # probability mass
+    pred_logits = out[:, : min(out.size(-1), GPT2_VOCAB_SIZE)].float()  # (M, 50257)
+    targets = idx[:, 1:][target_mask]  # (M,)
+    token_loss = F.cross_entropy(pred_logits, targets, reduction="none")  # (M,)
+    row_of = torch.arange(rows, device=idx.device).unsqueeze(1).expand(rows, T - 1)[target_mask]  # (M,)
+    sum_loss = torch.zeros(rows, device=idx.device).index_add_(0, row_of, token_loss)  # (rows,)
+    sum_loss = sum_loss[: NUM_ENDINGS * n].view(n, NUM_ENDINGS)  # (n, 4); dummy rows dropped
+    num_tokens = target_mask.sum(1)[: NUM_ENDINGS * n].view(n, NUM_ENDINGS)  # (n, 4)
+    mean_loss = sum_loss / num_tokens
+    sum_loss, mean_loss = sum_loss.cpu(), mean_loss.cpu()
+    # argmin takes the first of equal losses
+    return Scores(sum_loss, mean_loss, sum_loss.argmin(1), mean_loss.argmin(1))
+
+
+def score_examples(logits_fn, examples, device, batch_size=BATCH_SIZE, block_size=None, pad_multiple=PAD_MULTIPLE,
+                   autocast_dtype=None, head=None, on_batch=None):
+    """Scores of all examples (in their order), batch_size examples per forward. Batches are made
+    of examples of similar length (sorted, longest first, so that an out-of-memory shows at once),
+    which keeps the padding small; every batch has batch_size * 4 rows (fewer examples than
+    batch_size: 4 per example). on_batch(examples, scores) is called after each batch."""
+    n = len(examples)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    block_size = block_size or DEFAULT_BLOCK_SIZE
+    check_lengths(examples, block_size)
+    sum_loss, mean_loss = torch.zeros(n, NUM_ENDINGS), torch.zeros(n, NUM_ENDINGS)
+    pred, pred_norm = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    per_batch = max(1, min(batch_size, n))
+    order = sorted(range(n), key=lambda i: row_length(examples[i]), reverse=True)
+    for start in range(0, n, per_batch):
+        ids = order[start : start + per_batch]
+        batch = [examples[i] for i in ids]
+        s = score_batch(logits_fn, batch, device, rows=NUM_ENDINGS * per_batch, pad_multiple=pad_multiple,
+                        block_size=block_size, autocast_dtype=autocast_dtype, head=head)
+        where = torch.tensor(ids)
+        sum_loss[where], mean_loss[where], pred[where], pred_norm[where] = s
+        if on_batch is not None:
+            on_batch(batch, s)
+    return Scores(sum_loss, mean_loss, pred, pred_norm)
+
+
+def evaluate(logits_fn, examples, device, rank=0, world_size=1, autocast_dtype=None, batch_size=BATCH_SIZE,
+             block_size=None, head=None, pad_multiple=PAD_MULTIPLE, progress=False):
+    """HellaSwag counts of the examples this rank scores: examples rank, rank + world_size, ...
+    (the caller sums the counts over ranks). logits_fn maps token ids (N, T) on device to logits
+    (N, T, V) (or to hidden states, with head: see score_batch); autocast_dtype (e.g.
+    torch.bfloat16) runs the forward under torch.autocast. block_size is the model's context length
+    (default 1024, GPT-2's). Returns n, num_correct, num_correct_norm, acc, acc_norm."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size {world_size})")
+    mine = examples[rank::world_size]
+    for ex in mine:
+        if ex.label is None:
+            raise HellaSwagError(
+                f"{ex.where}: no 'label'; scoring needs the correct ending of every example, and the test "
+                f"split's labels are not published: score the val (or train) split"
+            )
+    counts = {"n": len(mine), "num_correct": 0, "num_correct_norm": 0}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(mine), unit="ex", desc="HellaSwag")
+
+    def count(batch, s):
+        labels = torch.tensor([ex.label for ex in batch])
+        counts["num_correct"] += (s.pred == labels).sum().item()
+        counts["num_correct_norm"] += (s.pred_norm == labels).sum().item()
+        if bar is not None:
+            bar.update(len(batch))
+            bar.set_postfix(acc_norm=f"{counts['num_correct_norm'] / bar.n:.4f}")
+
+    try:
+        score_examples(logits_fn, mine, device, batch_size=batch_size, block_size=block_size, pad_multiple=pad_multiple,
+                       autocast_dtype=autocast_dtype, head=head, on_batch=count)
+    finally:
+        if bar is not None:
+            bar.close()
+    n = counts["n"]
+    counts["acc"] = counts["num_correct"] / n if n else float("nan")
+    counts["acc_norm"] = counts["num_correct_norm"] / n if n else float("nan")
+    return counts
+
+
+# -----------------------------------------------------------------------------
+# models: Hugging Face transformers (the reference) or our checkpoints
+
+
+class EvalModel(NamedTuple):
+    logits_fn: object  # token ids (N, T) -> logits (N, T, V): the model's plain forward
+    hidden_fn: object  # token ids (N, T) -> hidden states before the vocabulary projection (N, T, n_embd)
+    head: object  # hidden states (M, n_embd) -> logits (M, V)
+    block_size: int
+
+
+def load_for_eval(name_or_path, device):
+    """--model as an EvalModel: a train_gpt2.py checkpoint file through model.py's GPT; anything
+    else (a GPT-2 name or a Hugging Face directory) through transformers' GPT2LMHeadModel, in
+    float32 (--dtype bfloat16 is autocast around the forward)."""
+    try:
+        if os.path.isfile(name_or_path):
+            gpt = load_model(name_or_path, device)
+            # the same GPT with lm_head left out of its forward, which then returns the output of
+            # ln_f; every weight is shared (the copy has its own table of submodules, so the
+            # original keeps its lm_head)
+            body = copy.copy(gpt)
+            body._modules = dict(gpt._modules)
+            body.lm_head = torch.nn.Identity()
+            return EvalModel(lambda idx: gpt(idx)[0], lambda idx: body(idx)[0], gpt.lm_head, gpt.config.block_size)
+        from transformers import GPT2LMHeadModel
+
+        hf = GPT2LMHeadModel.from_pretrained(name_or_path).to(device=device, dtype=torch.float32).eval()
+        return EvalModel(
+            lambda idx: hf(idx, use_cache=False).logits,
+            lambda idx: hf.transformer(idx, use_cache=False).last_hidden_state,
+            hf.lm_head,
+            hf.config.n_positions,
+        )
+    except Exception as e:  # a user's file fails in many ways (unpickling, safetensors, shapes, network)
+        raise ModelLoadError(f"--model {name_or_path}: could not load it: {e}") from e
+
+
+# -----------------------------------------------------------------------------
+# benchmark: the batched scorer against build-nanogpt's loop, one example per forward
+
+
+@torch.no_grad()
+def score_one_example(logits_fn, example, device, autocast_dtype=None):
+    """build-nanogpt's way, one example at a time: its 4 rows in one forward, padded only to its
+    own longest row, the loss of every position computed and then masked to the ending's. Written
+    apart from score_batch, so that the benchmark also cross-checks the two."""
+    ctx, endings = encode(example)
+    T = row_length(example)
+    tokens = torch.full((NUM_ENDINGS, T), GPT2_EOT, dtype=torch.long)
+    mask = torch.zeros((NUM_ENDINGS, T))
+    for j, ending in enumerate(endings):
+        tokens[j, : len(ctx) + len(ending)] = torch.tensor(ctx + ending)
+        mask[j, len(ctx) : len(ctx) + len(ending)] = 1
+    tokens, mask = tokens.to(device), mask.to(device)
+    with _autocast(device, autocast_dtype):
+        logits = logits_fn(tokens)  # (4, T, V)
+    logits = logits[:, :-1, :GPT2_VOCAB_SIZE].float()  # (4, T - 1, 50257): position t predicts token t + 1
+    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), reduction="none")
+    losses = losses.view(NUM_ENDINGS, T - 1) * mask[:, 1:]  # (4, T - 1)
+    sum_loss = losses.sum(1).view(1, NUM_ENDINGS).cpu()  # (1, 4)
+    mean_loss = sum_loss / mask[:, 1:].sum(1).view(1, NUM_ENDINGS).cpu()  # (1, 4)
+    return Scores(sum_loss, mean_loss, sum_loss.argmin(1), mean_loss.argmin(1))
+
+
+def benchmark(model, examples, device, batch_size=BATCH_SIZE, autocast_dtype=None, rounds=1):
+    """Examples/s, best of `rounds`, of: the batched scorer as this script runs it (batch_size
+    examples per forward, the vocabulary projection only where a loss is taken, no padding past a
+    batch's longest row); the same as train_gpt2.py calls it (from full logits, lengths padded to a
+    multiple of 32); and build-nanogpt's loop (score_one_example). Also how far their losses and
+    predictions agree."""
+    kw = dict(block_size=model.block_size, autocast_dtype=autocast_dtype)
+
+    def one_at_a_time(xs):
+        scores = [score_one_example(model.logits_fn, ex, device, autocast_dtype) for ex in xs]
+        return Scores(*(torch.cat(parts) for parts in zip(*scores)))  # (1, 4) and (1,) each -> (n, 4), (n,)
+
+    methods = {
+        "batched": lambda xs: score_examples(model.hidden_fn, xs, device, batch_size, head=model.head,
+                                             pad_multiple=1, **kw),
+        "batched_full_logits": lambda xs: score_examples(model.logits_fn, xs, device, batch_size, **kw),
+        "one_at_a_time": one_at_a_time,
+    }
+    times = {name: [] for name in methods}
+    results = {}
+    for name, fn in methods.items():
+        fn(examples[:batch_size])  # warm-up, not timed: first calls pay for allocations and kernel choice
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            t0 = time.perf_counter()
+            results[name] = fn(examples)
+            times[name].append(time.perf_counter() - t0)
+    r = {"n": len(examples), "batch_size": batch_size, "rounds": rounds}
+    for name, t in times.items():
+        r[f"{name}_ex_s"] = len(examples) / min(t)
+    r["ratio"] = r["batched_ex_s"] / r["one_at_a_time_ex_s"]
+    ref = results["one_at_a_time"]
+    for name in ("batched", "batched_full_logits"):
+        s = results[name]
+        r[f"{name}_same_pred"] = int((s.pred == ref.pred).sum())
+        r[f"{name}_same_pred_norm"] = int((s.pred_norm == ref.pred_norm).sum())
+        r[f"{name}_max_diff_mean_loss"] = (s.mean_loss - ref.mean_loss).abs().max().item()
+    return r
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--model", default="gpt2", help=f"{'|'.join(HF_GPT2_NAMES)} or a local Hugging Face GPT-2 directory (through "
+                                      f"transformers), or a train_gpt2.py checkpoint file .pt (through model.py)")
+    a("--split", choices=["val", "train"], default="val",
+      help="the official split to download and score (the test split has no labels, so it cannot be scored)")
+    a("--file", default=None, help="a local HellaSwag JSONL file in the official format, instead of the download")
+    a("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    a("--dtype", choices=["float32", "bfloat16"], default="float32",
+      help="float32, or bfloat16 autocast around the forward (losses are float32 either way)")
+    a("--limit", type=int, default=None, help="score only the first N examples (--benchmark: default 100)")
+    a("--batch_size", type=int, default=None,
+      help=f"examples per forward, 4 rows each (default: {BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on a CPU)")
+    a("--out", default=None, help="write the results to this JSON file")
+    a("--benchmark", action="store_true",
+      help="time the batched scorer against one example per forward on the first --limit examples instead")
+    a("--benchmark_rounds", type=int, default=1, help="timed runs of each method in --benchmark; the best is reported")
+    return p
+
+
+def check_args(p, args):
+    """Validate the flags once, before anything is loaded."""
+    for flag in ("limit", "batch_size", "benchmark_rounds"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            p.error(f"--{flag} must be >= 1, got {v}")
+    if args.file is not None and not os.path.isfile(args.file):
+        p.error(f"--file {args.file} does not exist; give the path of a HellaSwag JSONL file, or leave --file "
+                f"out to download the official --split {args.split}")
+    m = args.model
+    if m not in HF_GPT2_NAMES and not os.path.isfile(m):
+        if not os.path.isdir(m):
+            p.error(f"--model {m} is neither one of {', '.join(HF_GPT2_NAMES)}, nor a Hugging Face directory, nor "
+                    f"a train_gpt2.py checkpoint file (.pt); check the path")
+        if not os.path.isfile(os.path.join(m, "config.json")):
+            p.error(f"--model {m} is a directory without config.json; give a Hugging Face GPT-2 directory "
+                    f"(config.json + weights, as GPT.save_pretrained writes), or a checkpoint file .pt")
+    if args.benchmark and args.limit is None:
+        args.limit = 100
+    return args
+
+
+def run(args):
+    device = args.device or default_device()
+    if args.batch_size is None:
+        args.batch_size = CPU_BATCH_SIZE if torch.device(device).type == "cpu" else BATCH_SIZE
+    examples = load_examples(args.split, file=args.file, limit=args.limit)
+    model = load_for_eval(args.model, device)
+    autocast_dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+    source = args.file or f"{args.split} split"
+
+    if args.benchmark:
+        r = benchmark(model, examples, device, args.batch_size, autocast_dtype, args.benchmark_rounds)
+        print(f"{args.model}, {r['n']} examples of {source}, {args.dtype} on {device}, best of {r['rounds']}:")
+        lines = [
+            (f"batched, {r['batch_size']} examples per forward (this script)", r["batched_ex_s"]),
+            ("the same as train_gpt2.py calls it (full logits, padded to 32)", r["batched_full_logits_ex_s"]),
+            ("one example per forward (build-nanogpt's loop)", r["one_at_a_time_ex_s"]),
+        ]
+        for label, ex_s in lines:
+            print(f"  {label:64s} {ex_s:9.2f} examples/s")
+        print(f"  ratio batched / one example per forward: {r['ratio']:.2f}")
+        disagree = False
+        for name in ("batched", "batched_full_logits"):
+            same, same_norm = r[f"{name}_same_pred"], r[f"{name}_same_pred_norm"]
+            disagree |= same != r["n"] or same_norm != r["n"]
+            print(f"  {name} vs one at a time: same predictions acc {same}/{r['n']}, acc_norm {same_norm}/{r['n']}, "
+                  f"largest mean-loss difference {r[f'{name}_max_diff_mean_loss']:.1e}")
+        if disagree:
+            print("  WARNING: the methods disagree on some predictions: the rounding of different batch shapes "
+                  "decided a near tie (possible in bfloat16; in float32 it would be a bug)")
+        return r
+
+    t0 = time.perf_counter()
+    counts = evaluate(model.hidden_fn, examples, device, autocast_dtype=autocast_dtype, batch_size=args.batch_size,
+                      block_size=model.block_size, head=model.head, pad_multiple=1, progress=True)
+    results = {
+        "acc": counts["acc"],
+        "acc_norm": counts["acc_norm"],
+        "n": counts["n"],
+        "num_correct": counts["num_correct"],
+        "num_correct_norm": counts["num_correct_norm"],
+        "model": args.model,
+        "split": None if args.file else args.split,
+        "file": args.file,
+        "limit": args.limit,
+        "dtype": args.dtype,
+        "device": str(device),
+        "batch_size": args.batch_size,
+        "seconds": time.perf_counter() - t0,
+    }
+    print(f"{args.model} | HellaSwag {source} | {results['n']} examples | acc {results['acc']:.4f} | "
+          f"acc_norm {results['acc_norm']:.4f} | {args.dtype} on {device}, {results['seconds']:.1f}s")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, args.out)
+    return results
+
+
+def main(argv=None):
+    p = get_parser()
+    args = check_args(p, p.parse_args(argv))
+    try:
+        return run(args)
+    except (HellaSwagError, DownloadError, ModelLoadError) as e:
+        sys.exit(f"hellaswag.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main()
