@@ -21,9 +21,11 @@ taken over the ending tokens alone (the logits at position t predict token t + 1
 GPT-2's 50257 real vocabulary entries (a vocabulary padded to 50304 for speed keeps its padding rows
 out of the softmax). `acc` counts the examples whose correct ending has the lowest summed loss,
 `acc_norm` the lowest mean loss per ending token (which removes the bias towards short endings).
-A row longer than the model's block_size is an error naming the example, never cropped: cropping
-would cut the context off the ending it conditions, and HellaSwag's val rows are all under 200
-tokens anyway.
+A row longer than the model's block_size keeps its last block_size tokens: its context is cut from
+the left, as model.generate crops a prompt, and its ending is always scored whole (an ending that
+does not fit with one token of context before it is an error naming the example). HellaSwag's val
+rows are all under 200 tokens, so GPT-2 (1024) never crops; a small model of train_gpt2.py's cpu
+preset (128) sees the end of the longer contexts.
 
 Reference numbers with this method on the 10,042 val examples:
 
@@ -263,20 +265,37 @@ def encode(example):
 
 
 def row_length(example):
-    """Tokens in the longest of the example's 4 candidate rows."""
+    """Tokens in the longest of the example's 4 candidate rows, uncropped."""
     ctx, endings = encode(example)
     return len(ctx) + max(len(e) for e in endings)
 
 
+def candidate_rows(example, block_size=None):
+    """The example's 4 rows as (tokens, number of context tokens). A row longer than block_size
+    keeps its last block_size tokens: the context is cut from the left, the ending stays whole."""
+    ctx, endings = encode(example)
+    rows = []
+    for ending in endings:
+        row, n_ctx = ctx + ending, len(ctx)
+        if block_size is not None and len(row) > block_size:
+            cut = len(row) - block_size
+            row, n_ctx = row[cut:], n_ctx - cut
+        rows.append((row, n_ctx))
+    return rows
+
+
 def check_lengths(examples, block_size):
+    """Every ending fits in block_size after at least one context token (which predicts its first
+    token); the context itself may be cropped."""
     for ex in examples:
-        n = row_length(ex)
-        if n > block_size:
-            raise HellaSwagError(
-                f"{ex.where}: context + longest ending is {n} tokens, more than the model's block_size "
-                f"{block_size}; rows are not cropped (cropping would cut the context an ending is scored "
-                f"on): use a model with a longer context, or leave this example out"
-            )
+        _, endings = encode(ex)
+        for j, ending in enumerate(endings):
+            if len(ending) + 1 > block_size:
+                raise HellaSwagError(
+                    f"{ex.where}: ending {j} is {len(ending)} tokens, which leaves no room for the context "
+                    f"in the model's block_size {block_size}: use a model with a longer context, or leave "
+                    f"this example out"
+                )
 
 
 def _autocast(device, dtype):
@@ -290,7 +309,8 @@ def score_batch(logits_fn, examples, device, rows=None, pad_multiple=1, block_si
                 head=None):
     """Scores of a few examples in one forward of `rows` rows (default 4 per example; the rows past
     the examples' are dummy rows, scored and discarded, so that every batch has one shape). The
-    length is the longest row rounded up to a multiple of pad_multiple, capped at block_size.
+    length is the longest row rounded up to a multiple of pad_multiple, capped at block_size (rows
+    longer than block_size are cropped from the left: see candidate_rows).
     Padding is <|endoftext|> after each row's end: attention is causal, so it never changes the
     logits of a real position, and it is masked out of the losses.
 
@@ -304,19 +324,18 @@ def score_batch(logits_fn, examples, device, rows=None, pad_multiple=1, block_si
         raise ValueError(f"score_batch needs 1 or more examples and rows >= 4 * examples, got {n} and {rows}")
     if block_size is not None:
         check_lengths(examples, block_size)
-    T = max(row_length(ex) for ex in examples)
+    candidates = [candidate_rows(ex, block_size) for ex in examples]
+    T = max(len(row) for rows_of_ex in candidates for row, _ in rows_of_ex)
     T = -(-T // pad_multiple) * pad_multiple
     if block_size is not None:
         T = min(T, block_size)
     idx = torch.full((rows, T), GPT2_EOT, dtype=torch.long)
     is_ending = torch.zeros((rows, T), dtype=torch.bool)  # the positions of ending tokens
-    for i, ex in enumerate(examples):
-        ctx, endings = encode(ex)
-        for j, ending in enumerate(endings):
+    for i, rows_of_ex in enumerate(candidates):
+        for j, (row, n_ctx) in enumerate(rows_of_ex):
             r = NUM_ENDINGS * i + j
-            idx[r, : len(ctx)] = torch.tensor(ctx)
-            idx[r, len(ctx) : len(ctx) + len(ending)] = torch.tensor(ending)
-            is_ending[r, len(ctx) : len(ctx) + len(ending)] = True
+            idx[r, : len(row)] = torch.tensor(row)
+            is_ending[r, n_ctx : len(row)] = True
     idx = idx.to(device)
     # the logits at position t predict token t + 1: a loss wherever token t + 1 is an ending token,
     # and only those positions are kept (the context's predictions are never needed)
@@ -374,7 +393,9 @@ def evaluate(logits_fn, examples, device, rank=0, world_size=1, autocast_dtype=N
     (the caller sums the counts over ranks). logits_fn maps token ids (N, T) on device to logits
     (N, T, V) (or to hidden states, with head: see score_batch); autocast_dtype (e.g.
     torch.bfloat16) runs the forward under torch.autocast. block_size is the model's context length
-    (default 1024, GPT-2's). Returns n, num_correct, num_correct_norm, acc, acc_norm."""
+    (default 1024, GPT-2's); give it for a model with a shorter one, whose longer rows are then
+    cropped from the left rather than refused by the model's forward. Returns n, num_correct,
+    num_correct_norm, acc, acc_norm."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size {world_size})")
     mine = examples[rank::world_size]
@@ -454,17 +475,17 @@ def load_for_eval(name_or_path, device):
 
 
 @torch.no_grad()
-def score_one_example(logits_fn, example, device, autocast_dtype=None):
+def score_one_example(logits_fn, example, device, autocast_dtype=None, block_size=None):
     """build-nanogpt's way, one example at a time: its 4 rows in one forward, padded only to its
     own longest row, the loss of every position computed and then masked to the ending's. Written
-    apart from score_batch, so that the benchmark also cross-checks the two."""
-    ctx, endings = encode(example)
-    T = row_length(example)
+    apart from score_batch (but for the rows themselves), so that the benchmark cross-checks the two."""
+    candidates = candidate_rows(example, block_size)
+    T = max(len(row) for row, _ in candidates)
     tokens = torch.full((NUM_ENDINGS, T), GPT2_EOT, dtype=torch.long)
     mask = torch.zeros((NUM_ENDINGS, T))
-    for j, ending in enumerate(endings):
-        tokens[j, : len(ctx) + len(ending)] = torch.tensor(ctx + ending)
-        mask[j, len(ctx) : len(ctx) + len(ending)] = 1
+    for j, (row, n_ctx) in enumerate(candidates):
+        tokens[j, : len(row)] = torch.tensor(row)
+        mask[j, n_ctx : len(row)] = 1
     tokens, mask = tokens.to(device), mask.to(device)
     with _autocast(device, autocast_dtype):
         logits = logits_fn(tokens)  # (4, T, V)
@@ -485,7 +506,7 @@ def benchmark(model, examples, device, batch_size=BATCH_SIZE, autocast_dtype=Non
     kw = dict(block_size=model.block_size, autocast_dtype=autocast_dtype)
 
     def one_at_a_time(xs):
-        scores = [score_one_example(model.logits_fn, ex, device, autocast_dtype) for ex in xs]
+        scores = [score_one_example(model.logits_fn, ex, device, autocast_dtype, model.block_size) for ex in xs]
         return Scores(*(torch.cat(parts) for parts in zip(*scores)))  # (1, 4) and (1,) each -> (n, 4), (n,)
 
     methods = {

@@ -319,11 +319,39 @@ def test_unlabeled_data_is_refused_when_scored(hf_model, tmp_path):
         hellaswag.read_examples(path, require_label=True)
 
 
-def test_rows_longer_than_block_size_are_refused(hf_model, examples):
-    # the first example over 48 tokens is the third
-    want = r"line 3: context \+ longest ending is \d+ tokens, more than the model's block_size 48"
+def test_rows_longer_than_block_size_are_cropped_from_the_left(hf_model, examples):
+    """A model with a 48-token context sees the last 48 tokens of each longer row: the context is cut
+    from the left, the ending is scored whole."""
+    fn = hf_logits(hf_model)
+    block_size = 48
+    enc = get_tokenizer()
+    want_sum, want_mean = [], []
+    for ex in examples:
+        ctx = enc.encode_ordinary(ex.ctx)
+        for ending in ex.endings:
+            end = enc.encode_ordinary(" " + ending)
+            row = (ctx + end)[-block_size:]
+            with torch.no_grad():
+                logits = fn(torch.tensor([row]))[0]  # (len(row), V)
+            losses = F.cross_entropy(logits[-len(end) - 1 : -1], torch.tensor(end), reduction="none")
+            want_sum.append(losses.sum())
+            want_mean.append(losses.mean())
+    want_sum, want_mean = torch.stack(want_sum).view(-1, 4), torch.stack(want_mean).view(-1, 4)
+    assert max(hellaswag.row_length(e) for e in examples) > block_size  # some rows are cropped
+    s = hellaswag.score_examples(fn, examples, "cpu", batch_size=3, block_size=block_size)
+    torch.testing.assert_close(s.sum_loss, want_sum)
+    torch.testing.assert_close(s.mean_loss, want_mean)
+    one = [hellaswag.score_one_example(fn, e, "cpu", block_size=block_size) for e in examples]
+    torch.testing.assert_close(torch.cat([o.mean_loss for o in one]), want_mean)
+    counts = hellaswag.evaluate(fn, examples, "cpu", block_size=block_size)
+    labels = torch.tensor([e.label for e in examples])
+    assert counts["num_correct_norm"] == (want_mean.argmin(1) == labels).sum().item()
+    # an ending that leaves no room for a token of context is refused, naming the example
+    longest = max(len(end) for e in examples for end in hellaswag.encode(e)[1])
+    assert longest == 33 and len(hellaswag.encode(examples[4])[1][1]) == 33  # the tie's second ending
+    want = "line 5: ending 1 is 33 tokens, which leaves no room for the context in the model's block_size 33"
     with pytest.raises(hellaswag.HellaSwagError, match=want):
-        hellaswag.evaluate(hf_logits(hf_model), examples, "cpu", block_size=48)
+        hellaswag.evaluate(fn, examples, "cpu", block_size=longest)
 
 
 class FakeResponse:
