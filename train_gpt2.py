@@ -643,6 +643,8 @@ def train(args, ddp, rank, world_size, device):
             counts = hellaswag.evaluate(
                 lambda idx: infer_model(idx)[0], hella_examples, device, rank=rank, world_size=world_size,
                 autocast_dtype=torch.bfloat16 if args.dtype == "bfloat16" else None,
+                # a small model's context can be shorter than a HellaSwag row: the scorer crops it
+                block_size=config.block_size,
             )
             c = torch.tensor([counts["n"], counts["num_correct"], counts["num_correct_norm"]], device=device, dtype=torch.long)
             if ddp:

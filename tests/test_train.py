@@ -225,3 +225,15 @@ def test_compiled_run_evaluates_hellaswag_and_samples(data_dir, tmp_path):
         assert e["hellaswag_n"] == 6 and e["hellaswag_acc_norm"] == r["hellaswag_acc_norm"]
         assert e["val_loss"] == pytest.approx(r["val_loss"], abs=1e-4)
         assert len(e["samples"]) == 2 and all(s.startswith("Hello, I'm a language model,") for s in e["samples"])
+
+
+def test_hellaswag_rows_longer_than_the_context(data_dir, tmp_path):
+    """A model whose block_size (32) is shorter than some HellaSwag rows still evaluates them
+    (the scorer crops the context from the left) instead of failing in the forward."""
+    pytest.importorskip("hellaswag")
+    hs = tmp_path / "hellaswag_val.jsonl"
+    long_ctx = "A man takes a pan from the shelf, washes it carefully in the sink and dries it with a towel. " * 2 + "he"
+    hs.write_text(json.dumps({"ctx": long_ctx, "label": 1, "endings": ["a.", "puts it on the stove.", "c.", "d."]}) + "\n")
+    run(data_dir, tmp_path / "log", "--total_batch_size", "64", "--max_steps", "2", "--eval_every", "2", "--hellaswag", "--hellaswag_file", str(hs))
+    evals = [e for e in read_log(tmp_path / "log") if "val_loss" in e]
+    assert [e["hellaswag_n"] for e in evals] == [1, 1]
