@@ -130,22 +130,17 @@ def check_error(exc, *parts):
     assert "fineweb.py" in msg  # says how to regenerate
 
 
-def test_bad_magic(tmp_path):
+@pytest.mark.parametrize("shard, offset, value, found, expected", [
+    ("t_train_000002.bin", 0, 12345, "magic 12345", "expected 20240520"),  # bad magic
+    ("t_train_000001.bin", 4, 7, "version 7", "expected 1"),  # wrong version
+])
+def test_bad_header(tmp_path, shard, offset, value, found, expected):
     d = make_dir(tmp_path)
-    path = os.path.join(d, "t_train_000002.bin")
-    corrupt(path, 0, 12345)
+    path = os.path.join(d, shard)
+    corrupt(path, offset, value)
     with pytest.raises(ShardError) as e:
         DataLoaderLite(B, T, 0, 1, "train", d)
-    check_error(e, path, "magic 12345", "expected 20240520")
-
-
-def test_wrong_version(tmp_path):
-    d = make_dir(tmp_path)
-    path = os.path.join(d, "t_train_000001.bin")
-    corrupt(path, 4, 7)
-    with pytest.raises(ShardError) as e:
-        DataLoaderLite(B, T, 0, 1, "train", d)
-    check_error(e, path, "version 7", "expected 1")
+    check_error(e, path, found, expected)
 
 
 def test_truncated_shard(tmp_path):
