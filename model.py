@@ -12,14 +12,39 @@ directory, or one of our train_gpt2.py checkpoints:
 
 import argparse
 import hashlib
-import inspect
 import os
 import shutil
+import sys
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+GPT2_VOCAB_SIZE = 50257  # 50,000 BPE merges + 256 byte tokens + 1 <|endoftext|>
+GPT2_EOT = 50256  # <|endoftext|>: separates documents
+# OpenAI's checkpoints use a Conv1D module for these, whose weight is the transpose of nn.Linear's
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+class UserError(Exception):
+    """A mistake of the user's: a bad flag value, a missing or unusable file, no network for a
+    download that was asked for. Every script's main() prints it as one line,
+    `<script>: error: <message>`, and exits 2; any other exception is a bug of ours and keeps its
+    traceback."""
+
+
+def exit_on_user_error(prog, fn, *args, **kwargs):
+    """fn(*args, **kwargs), with a UserError turned into one line on stderr and exit status 2.
+    Under torchrun every rank meets the same mistake, and only rank 0 prints it."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 # -----------------------------------------------------------------------------
 # the network
@@ -28,7 +53,7 @@ from torch.nn import functional as F
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # max sequence length
-    vocab_size: int = 50257  # 50,000 BPE merges + 256 byte tokens + 1 <|endoftext|>
+    vocab_size: int = GPT2_VOCAB_SIZE
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -116,6 +141,9 @@ class GPT(nn.Module):
         # weight tying (as in GPT-2): the input embedding and the output projection share one
         # matrix, which saves vocab_size * n_embd parameters (38.6M at 124M, 30% of the model)
         self.transformer.wte.weight = self.lm_head.weight
+        # recompute each block in backward instead of storing its activations (train_gpt2.py's
+        # --activation_checkpointing); it changes memory and time, never the result
+        self.activation_checkpointing = False
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
@@ -132,7 +160,10 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, return_hidden=False):
+        """(logits (B, T, vocab_size), loss or None). With return_hidden, the hidden states after
+        ln_f (B, T, n_embd) come in place of the logits, for a caller that applies lm_head only at
+        the few positions it needs (HellaSwag scores only the endings' tokens)."""
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(
@@ -142,8 +173,15 @@ class GPT(nn.Module):
         pos = torch.arange(0, T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, n_embd)
         for block in self.transformer.h:
-            x = block(x)
-        x = self.transformer.ln_f(x)
+            if self.activation_checkpointing and self.training:
+                # keep only each block's input; its activations are recomputed in backward, which
+                # trades one more forward of the blocks for most of the activation memory
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        x = self.transformer.ln_f(x)  # (B, T, n_embd)
+        if return_hidden:
+            return x, None
         logits = self.lm_head(x)  # (B, T, vocab_size)
         loss = None
         if targets is not None:
@@ -156,6 +194,18 @@ class GPT(nn.Module):
         # the tied wte/lm_head matrix is one Parameter, so parameters() counts it once
         return sum(p.numel() for p in self.parameters())
 
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token: 6 per parameter that takes part in a matmul (2 forward, 4
+        backward), plus attention's QK^T and AV, 6 * 2 * n_layer * seq_len * n_embd (the PaLM
+        paper's appendix B). The position embedding is a lookup and does no FLOPs; the token
+        embedding does, as the lm_head it is tied to."""
+        n = self.num_params() - self.transformer.wpe.weight.numel()
+        return 6 * n + 12 * self.config.n_layer * seq_len * self.config.n_embd
+
+    def estimate_mfu(self, tokens_per_sec, seq_len, peak_flops):
+        """Model FLOPs utilisation: the FLOP/s the training step does, over the hardware's peak."""
+        return self.flops_per_token(seq_len) * tokens_per_sec / peak_flops
+
     def configure_optimizers(self, weight_decay, learning_rate, device_type, verbose=False):
         params = [p for p in self.parameters() if p.requires_grad]
         # decay the matrices (linear weights, embeddings); never the biases and LayerNorm gains,
@@ -167,17 +217,15 @@ class GPT(nn.Module):
             {"params": no_decay, "weight_decay": 0.0},
         ]
         # the fused kernel does the whole update in one launch per group instead of several per
-        # parameter; torch supports it on CUDA (and on CPU/MPS in recent versions)
-        fused_ok = "fused" in inspect.signature(torch.optim.AdamW).parameters
-        use_fused = fused_ok and device_type in ("cuda", "cpu", "mps")
-        extra = {"fused": True} if use_fused else {}
+        # parameter; torch has it for CUDA, CPU and MPS tensors
+        use_fused = device_type in ("cuda", "cpu", "mps")
         if verbose:
             print(
                 f"decayed parameter tensors: {len(decay)}, with {sum(p.numel() for p in decay):,} parameters\n"
                 f"non-decayed parameter tensors: {len(no_decay)}, with {sum(p.numel() for p in no_decay):,} parameters\n"
                 f"using fused AdamW: {use_fused}"
             )
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, **extra)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=use_fused)
 
     # -------------------------------------------------------------------------
     # Hugging Face GPT-2 checkpoints in and out
@@ -282,12 +330,6 @@ class GPT(nn.Module):
         hf.save_pretrained(out_dir)
         if vocab_size == GPT2_VOCAB_SIZE:
             save_hf_tokenizer(out_dir)
-
-
-HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-GPT2_VOCAB_SIZE = 50257
-GPT2_EOT = 50256
-CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def config_from_hf(hf_config, source="checkpoint"):
