@@ -13,7 +13,9 @@ The data are the official JSONL files of HellaSwag (Zellers et al. 2019,
 https://github.com/rowanz/hellaswag), downloaded on first use into hellaswag/ beside this file (or
 $HELLASWAG_CACHE), or read from a local file with --file. Every line is checked: "ctx" a string,
 "endings" a list of exactly 4 strings, "label" an int in 0..3 (the test split has no labels, so it
-cannot be scored).
+cannot be scored). Without a network, give both --file (a local hellaswag_val.jsonl) and --model (a
+local Hugging Face GPT-2 directory or a .pt checkpoint). A mistake in the flags or files ends the run
+with one line, `hellaswag.py: error: ...`, and exit status 2.
 
 The method is build-nanogpt's completion style, the one behind the published GPT-2 numbers below.
 Each of the 4 candidates is the row tokens(ctx) + tokens(" " + ending); the model's cross-entropy is
@@ -50,11 +52,11 @@ multiple of 32; the padding is masked out of every loss) and splits them over DD
 
 import argparse
 import contextlib
-import copy
 import json
+import logging
 import os
-import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -62,7 +64,8 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
-from model import GPT2_EOT, GPT2_VOCAB_SIZE, HF_GPT2_NAMES, default_device, get_tokenizer, load_model
+from model import (GPT2_EOT, GPT2_VOCAB_SIZE, HF_GPT2_NAMES, UserError, default_device, exit_on_user_error,
+                   get_tokenizer, load_model)
 
 DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 SPLITS = ("train", "val", "test")
@@ -78,17 +81,31 @@ CPU_BATCH_SIZE = 4
 PAD_MULTIPLE = 32
 # the context length assumed when a caller does not give the model's: GPT-2's
 DEFAULT_BLOCK_SIZE = 1024
+# seconds that the download waits for the server to answer, and then for each block of data: a
+# machine without a network fails at once (no DNS), one behind a firewall that drops packets would
+# otherwise wait minutes
+DOWNLOAD_TIMEOUT = 30
 
 
-class HellaSwagError(ValueError):
-    """HellaSwag data that is not in the official format, or that cannot be scored as asked."""
+# Three kinds of user error, kept apart so that train_gpt2.py can go on without HellaSwag when the
+# download fails (no network) but stops at start-up on a --hellaswag_file that is missing or broken
 
 
-class DownloadError(OSError):
-    """The official file could not be downloaded."""
+class HellaSwagError(UserError):
+    """A HellaSwag file that is missing, unreadable or not in the official format, or examples
+    that cannot be scored as asked."""
 
 
-class ModelLoadError(ValueError):
+class DownloadError(UserError):
+    """The official file could not be downloaded (no network, server error). url and reason let a
+    caller say it its own way."""
+
+    def __init__(self, message, url=None, reason=None):
+        super().__init__(message)
+        self.url, self.reason = url, reason
+
+
+class ModelLoadError(UserError):
     """--model could not be loaded."""
 
 
@@ -161,7 +178,11 @@ def read_examples(path, limit=None, require_label=False, hint=None):
     """The examples of a HellaSwag JSONL file (the first `limit` if given), each line checked.
     Blank lines are skipped. hint is appended to errors (what to do about a bad file)."""
     examples = []
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:  # a folder, no permission
+        raise HellaSwagError(f"{path}: cannot read it ({e.strerror})" + (f"; {hint}" if hint else "")) from None
+    with f:
         for line_no, raw in enumerate(f, 1):
             if limit is not None and len(examples) >= limit:
                 break
@@ -183,10 +204,12 @@ def read_examples(path, limit=None, require_label=False, hint=None):
     return examples
 
 
-def download(split, cache=None, progress=True):
+def download(split, cache=None, progress=True, timeout=DOWNLOAD_TIMEOUT):
     """Path of the official hellaswag_{split}.jsonl in the cache folder, downloaded first if absent.
-    The bytes go to a temporary name that is renamed only once complete, so an interrupted
-    download never leaves a truncated file that a later run would take for the real one."""
+    The cache folder is made only once the whole file has arrived, so a failed download leaves no
+    empty folder behind; the file is written under a temporary name and renamed once complete, so
+    an interrupted write never leaves a truncated file that a later run would take for the real
+    one. DownloadError if the file cannot be fetched."""
     from tqdm import tqdm
 
     if split not in SPLITS:
@@ -196,48 +219,62 @@ def download(split, cache=None, progress=True):
     if os.path.isfile(path):
         return path
     url = DATA_URL.format(split=split)
-    os.makedirs(cache, exist_ok=True)
-    # one temporary name per process: two processes downloading at once never write one file
-    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+        # in memory first (the val file is 11 MB, train 47 MB)
+        data = bytearray()
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}",
                       disable=not progress) as bar:
                 while chunk := response.read(1 << 16):
-                    f.write(chunk)
+                    data += chunk
                     bar.update(len(chunk))
+        if total is not None and len(data) != total:
+            raise ConnectionError(f"the server announced {total} bytes but sent {len(data)}")
+    except (OSError, ValueError) as e:  # URLError, HTTPError, socket timeouts and resets are OSErrors
+        reason = str(e) if isinstance(e, urllib.error.HTTPError) else str(getattr(e, "reason", None) or e)
+        raise DownloadError(
+            f"could not download the HellaSwag {split} split from {url} ({reason}); without a network, get "
+            f"hellaswag_{split}.jsonl another way and pass it as a local file (hellaswag.py --file, train_gpt2.py "
+            f"--hellaswag_file)", url=url, reason=reason,
+        ) from e
+    # one temporary name per process: two processes downloading at once never write one file
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(cache, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        size = os.path.getsize(tmp)
-        if total is not None and size != total:
-            raise DownloadError(f"the server announced {total} bytes but sent {size}")
         os.replace(tmp, path)
-    except (OSError, ValueError) as e:  # urllib.error.URLError and socket timeouts are OSErrors
-        raise DownloadError(
-            f"could not download {url} into {path}: {e}. Check the network, or download the file "
-            f"another way and pass it with --file (train_gpt2.py: --hellaswag_file)"
-        ) from e
+    except OSError as e:
+        raise HellaSwagError(
+            f"could not write the downloaded {os.path.basename(path)} into {cache} ({e.strerror}); set "
+            f"$HELLASWAG_CACHE to a writable folder"
+        ) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
 
 
-def load_examples(split="val", file=None, limit=None, cache=None, progress=True):
+def load_examples(split="val", file=None, limit=None, cache=None, progress=True, timeout=DOWNLOAD_TIMEOUT):
     """HellaSwag examples: the official `split` (downloaded into the cache on first use), or the
-    local JSONL `file` instead. limit: only the first `limit` examples."""
+    local JSONL `file` instead. limit: only the first `limit` examples.
+    A file that is missing, unreadable or not in the official format is a HellaSwagError; a failed
+    download (no network) is a DownloadError. Both are UserErrors, and only the second means that
+    the data could not be had at all."""
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     if file is not None:
-        if not os.path.isfile(file):
-            raise FileNotFoundError(
+        if not os.path.exists(file):
+            raise HellaSwagError(
                 f"HellaSwag file {file} does not exist; give the path of a hellaswag_{{split}}.jsonl in the "
                 f"official format, or no file to download the official one from {DATA_URL.format(split=split)}"
             )
-        hint = "fix the line, or use a file in the official format (https://github.com/rowanz/hellaswag)"
+        hint = "give a HellaSwag JSONL file in the official format (https://github.com/rowanz/hellaswag)"
         return read_examples(file, limit, hint=hint)
-    path = download(split, cache, progress)
+    path = download(split, cache, progress, timeout)
     hint = f"the cached download is damaged: delete {path} and run again to download it anew"
     return read_examples(path, limit, require_label=split != "test", hint=hint)
 
@@ -298,15 +335,19 @@ def check_lengths(examples, block_size):
                 )
 
 
-def _autocast(device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+def check_labels(examples):
+    """Every example has its label, which scoring needs."""
+    for ex in examples:
+        if ex.label is None:
+            raise HellaSwagError(
+                f"{ex.where}: no 'label'; scoring needs the correct ending of every example, and the test "
+                f"split's labels are not published: score the val (or train) split"
+            )
 
 
 @torch.no_grad()
-def score_batch(logits_fn, examples, device, rows=None, pad_multiple=1, block_size=None, autocast_dtype=None,
-                head=None):
+def score_batch(logits_fn, examples, device, rows=None, pad_multiple=1, block_size=None,
+                autocast=contextlib.nullcontext(), head=None):
     """Scores of a few examples in one forward of `rows` rows (default 4 per example; the rows past
     the examples' are dummy rows, scored and discarded, so that every batch has one shape). The
     length is the longest row rounded up to a multiple of pad_multiple, capped at block_size (rows
@@ -317,7 +358,10 @@ def score_batch(logits_fn, examples, device, rows=None, pad_multiple=1, block_si
     logits_fn maps token ids (rows, T) to logits (rows, T, V). With head given, it maps them to the
     hidden states before the vocabulary projection instead (rows, T, n_embd), and head projects
     the ones a loss is taken at (M, n_embd) -> (M, V): the same logits, without computing (and
-    storing) the vocabulary projection of every context and padding position."""
+    storing) the vocabulary projection of every context and padding position.
+
+    autocast is a context manager entered around the forward and head, such as
+    torch.autocast("cuda", dtype=torch.bfloat16); the losses are float32 either way."""
     n = len(examples)
     rows = NUM_ENDINGS * n if rows is None else rows
     if n == 0 or rows < NUM_ENDINGS * n:
@@ -340,7 +384,7 @@ def score_batch(logits_fn, examples, device, rows=None, pad_multiple=1, block_si
     # the logits at position t predict token t + 1: a loss wherever token t + 1 is an ending token,
     # and only those positions are kept (the context's predictions are never needed)
     target_mask = is_ending[:, 1:].to(device)  # (rows, T - 1)
-    with _autocast(device, autocast_dtype):
+    with autocast:
         out = logits_fn(idx)  # (rows, T, V), or (rows, T, n_embd) with head
         out = out[:, :-1][target_mask]  # (M, V) or (M, n_embd); M = ending tokens in the batch
         if head is not None:
@@ -361,11 +405,12 @@ def score_batch(logits_fn, examples, device, rows=None, pad_multiple=1, block_si
 
 
 def score_examples(logits_fn, examples, device, batch_size=BATCH_SIZE, block_size=None, pad_multiple=PAD_MULTIPLE,
-                   autocast_dtype=None, head=None, on_batch=None):
+                   autocast=contextlib.nullcontext(), head=None, on_batch=None):
     """Scores of all examples (in their order), batch_size examples per forward. Batches are made
     of examples of similar length (sorted, longest first, so that an out-of-memory shows at once),
     which keeps the padding small; every batch has batch_size * 4 rows (fewer examples than
-    batch_size: 4 per example). on_batch(examples, scores) is called after each batch."""
+    batch_size: 4 per example). on_batch(examples, scores) is called after each batch. autocast is
+    entered once per batch (a torch.autocast object can be entered again after it is exited)."""
     n = len(examples)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -379,7 +424,7 @@ def score_examples(logits_fn, examples, device, batch_size=BATCH_SIZE, block_siz
         ids = order[start : start + per_batch]
         batch = [examples[i] for i in ids]
         s = score_batch(logits_fn, batch, device, rows=NUM_ENDINGS * per_batch, pad_multiple=pad_multiple,
-                        block_size=block_size, autocast_dtype=autocast_dtype, head=head)
+                        block_size=block_size, autocast=autocast, head=head)
         where = torch.tensor(ids)
         sum_loss[where], mean_loss[where], pred[where], pred_norm[where] = s
         if on_batch is not None:
@@ -387,25 +432,24 @@ def score_examples(logits_fn, examples, device, batch_size=BATCH_SIZE, block_siz
     return Scores(sum_loss, mean_loss, pred, pred_norm)
 
 
-def evaluate(logits_fn, examples, device, rank=0, world_size=1, autocast_dtype=None, batch_size=BATCH_SIZE,
-             block_size=None, head=None, pad_multiple=PAD_MULTIPLE, progress=False):
+def evaluate(logits_fn, examples, device, rank=0, world_size=1, autocast=contextlib.nullcontext(),
+             batch_size=BATCH_SIZE, block_size=None, head=None, pad_multiple=PAD_MULTIPLE, progress=False):
     """HellaSwag counts of the examples this rank scores: examples rank, rank + world_size, ...
     (the caller sums the counts over ranks). logits_fn maps token ids (N, T) on device to logits
-    (N, T, V) (or to hidden states, with head: see score_batch); autocast_dtype (e.g.
-    torch.bfloat16) runs the forward under torch.autocast. block_size is the model's context length
+    (N, T, V) (or to hidden states, with head: see score_batch). autocast is a context manager
+    entered around each forward, e.g. the training run's torch.autocast(device_type,
+    dtype=torch.bfloat16); call evaluate outside any `with` of that same object, which torch.autocast
+    does not allow to nest (its exit would restore the state of the inner entry, leaving autocast
+    on). block_size is the model's context length
     (default 1024, GPT-2's); give it for a model with a shorter one, whose longer rows are then
     cropped from the left rather than refused by the model's forward. Returns n, num_correct,
     num_correct_norm, acc, acc_norm."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size {world_size})")
     mine = examples[rank::world_size]
-    for ex in mine:
-        if ex.label is None:
-            raise HellaSwagError(
-                f"{ex.where}: no 'label'; scoring needs the correct ending of every example, and the test "
-                f"split's labels are not published: score the val (or train) split"
-            )
+    check_labels(mine)
     counts = {"n": len(mine), "num_correct": 0, "num_correct_norm": 0}
+    scored = 0  # our own count: with TQDM_DISABLE=1 in the environment, tqdm leaves bar.n at 0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -413,16 +457,18 @@ def evaluate(logits_fn, examples, device, rank=0, world_size=1, autocast_dtype=N
         bar = tqdm(total=len(mine), unit="ex", desc="HellaSwag")
 
     def count(batch, s):
+        nonlocal scored
         labels = torch.tensor([ex.label for ex in batch])
         counts["num_correct"] += (s.pred == labels).sum().item()
         counts["num_correct_norm"] += (s.pred_norm == labels).sum().item()
+        scored += len(batch)
         if bar is not None:
             bar.update(len(batch))
-            bar.set_postfix(acc_norm=f"{counts['num_correct_norm'] / bar.n:.4f}")
+            bar.set_postfix(acc_norm=f"{counts['num_correct_norm'] / scored:.4f}")
 
     try:
         score_examples(logits_fn, mine, device, batch_size=batch_size, block_size=block_size, pad_multiple=pad_multiple,
-                       autocast_dtype=autocast_dtype, head=head, on_batch=count)
+                       autocast=autocast, head=head, on_batch=count)
     finally:
         if bar is not None:
             bar.close()
@@ -443,31 +489,91 @@ class EvalModel(NamedTuple):
     block_size: int
 
 
+def _one_line(e, n=300):
+    """An exception's message on one line (transformers' span several), at most n characters."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def is_hub_name(name):
+    """Whether --model names one of OpenAI's GPT-2s on the Hugging Face hub (and no local path)."""
+    return name in HF_GPT2_NAMES and not os.path.exists(name)
+
+
+def hub_model_needs_network(name):
+    """Whether --model is a GPT-2 name that transformers must fetch from the Hugging Face hub:
+    not already in the local Hugging Face cache."""
+    if not is_hub_name(name):
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    return not isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """huggingface_hub logs a line per retry (5 over about 25 s) before it gives up on an
+    unreachable hub; the one line of ModelLoadError says it instead."""
+    log = logging.getLogger("huggingface_hub")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def load_for_eval(name_or_path, device):
     """--model as an EvalModel: a train_gpt2.py checkpoint file through model.py's GPT; anything
     else (a GPT-2 name or a Hugging Face directory) through transformers' GPT2LMHeadModel, in
-    float32 (--dtype bfloat16 is autocast around the forward)."""
-    try:
-        if os.path.isfile(name_or_path):
+    float32 (--dtype bfloat16 is autocast around the forward). ModelLoadError, naming --model and
+    what to give instead, if it cannot be loaded."""
+    if os.path.isfile(name_or_path):
+        try:
             gpt = load_model(name_or_path, device)
-            # the same GPT with lm_head left out of its forward, which then returns the output of
-            # ln_f; every weight is shared (the copy has its own table of submodules, so the
-            # original keeps its lm_head)
-            body = copy.copy(gpt)
-            body._modules = dict(gpt._modules)
-            body.lm_head = torch.nn.Identity()
-            return EvalModel(lambda idx: gpt(idx)[0], lambda idx: body(idx)[0], gpt.lm_head, gpt.config.block_size)
-        from transformers import GPT2LMHeadModel
+        except Exception as e:  # a user's file fails in many ways: unpickling, missing keys, shapes
+            raise ModelLoadError(
+                f"--model {name_or_path}: could not load it as a train_gpt2.py checkpoint ({_one_line(e)}); give a "
+                f"model_XXXXX.pt that train_gpt2.py wrote, a Hugging Face GPT-2 directory, or one of "
+                f"{', '.join(HF_GPT2_NAMES)}"
+            ) from e
+        # the model's own option stops its forward after ln_f, so that lm_head projects only the
+        # positions a loss is taken at
+        return EvalModel(lambda idx: gpt(idx)[0], lambda idx: gpt(idx, return_hidden=True)[0], gpt.lm_head,
+                         gpt.config.block_size)
 
-        hf = GPT2LMHeadModel.from_pretrained(name_or_path).to(device=device, dtype=torch.float32).eval()
-        return EvalModel(
-            lambda idx: hf(idx, use_cache=False).logits,
-            lambda idx: hf.transformer(idx, use_cache=False).last_hidden_state,
-            hf.lm_head,
-            hf.config.n_positions,
-        )
-    except Exception as e:  # a user's file fails in many ways (unpickling, safetensors, shapes, network)
-        raise ModelLoadError(f"--model {name_or_path}: could not load it: {e}") from e
+    from transformers import GPT2LMHeadModel
+
+    try:
+        try:
+            # the local copy first: a directory, or a GPT-2 name already in the Hugging Face cache,
+            # loads without asking the hub
+            hf = GPT2LMHeadModel.from_pretrained(name_or_path, local_files_only=True)
+        except OSError:
+            if not is_hub_name(name_or_path):
+                raise
+            with _quiet_hub():
+                hf = GPT2LMHeadModel.from_pretrained(name_or_path)
+    except Exception as e:  # no network, or a broken config.json or weights file
+        if isinstance(e, OSError) and is_hub_name(name_or_path):
+            first_line = str(e).partition("\n")[0]  # transformers' says what failed; the rest is a link
+            raise ModelLoadError(
+                f"--model {name_or_path} is fetched from the Hugging Face hub, which could not be reached "
+                f"({_one_line(first_line)}); without a network, give --model a local Hugging Face "
+                f"GPT-2 directory or a train_gpt2.py checkpoint (.pt)"
+            ) from e
+        raise ModelLoadError(
+            f"--model {name_or_path}: could not load it as a Hugging Face GPT-2 directory ({_one_line(e)}); give "
+            f"a directory with config.json and the weights (as save_pretrained writes), or a train_gpt2.py "
+            f"checkpoint (.pt)"
+        ) from e
+    hf = hf.to(device=device, dtype=torch.float32).eval()
+    return EvalModel(
+        lambda idx: hf(idx, use_cache=False).logits,
+        lambda idx: hf.transformer(idx, use_cache=False).last_hidden_state,
+        hf.lm_head,
+        hf.config.n_positions,
+    )
 
 
 # -----------------------------------------------------------------------------
@@ -475,7 +581,7 @@ def load_for_eval(name_or_path, device):
 
 
 @torch.no_grad()
-def score_one_example(logits_fn, example, device, autocast_dtype=None, block_size=None):
+def score_one_example(logits_fn, example, device, autocast=contextlib.nullcontext(), block_size=None):
     """build-nanogpt's way, one example at a time: its 4 rows in one forward, padded only to its
     own longest row, the loss of every position computed and then masked to the ending's. Written
     apart from score_batch (but for the rows themselves), so that the benchmark cross-checks the two."""
@@ -487,7 +593,7 @@ def score_one_example(logits_fn, example, device, autocast_dtype=None, block_siz
         tokens[j, : len(row)] = torch.tensor(row)
         mask[j, n_ctx : len(row)] = 1
     tokens, mask = tokens.to(device), mask.to(device)
-    with _autocast(device, autocast_dtype):
+    with autocast:
         logits = logits_fn(tokens)  # (4, T, V)
     logits = logits[:, :-1, :GPT2_VOCAB_SIZE].float()  # (4, T - 1, 50257): position t predicts token t + 1
     losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), reduction="none")
@@ -497,16 +603,16 @@ def score_one_example(logits_fn, example, device, autocast_dtype=None, block_siz
     return Scores(sum_loss, mean_loss, sum_loss.argmin(1), mean_loss.argmin(1))
 
 
-def benchmark(model, examples, device, batch_size=BATCH_SIZE, autocast_dtype=None, rounds=1):
+def benchmark(model, examples, device, batch_size=BATCH_SIZE, autocast=contextlib.nullcontext(), rounds=1):
     """Examples/s, best of `rounds`, of: the batched scorer as this script runs it (batch_size
     examples per forward, the vocabulary projection only where a loss is taken, no padding past a
     batch's longest row); the same as train_gpt2.py calls it (from full logits, lengths padded to a
     multiple of 32); and build-nanogpt's loop (score_one_example). Also how far their losses and
     predictions agree."""
-    kw = dict(block_size=model.block_size, autocast_dtype=autocast_dtype)
+    kw = dict(block_size=model.block_size, autocast=autocast)
 
     def one_at_a_time(xs):
-        scores = [score_one_example(model.logits_fn, ex, device, autocast_dtype, model.block_size) for ex in xs]
+        scores = [score_one_example(model.logits_fn, ex, device, autocast, model.block_size) for ex in xs]
         return Scores(*(torch.cat(parts) for parts in zip(*scores)))  # (1, 4) and (1,) each -> (n, 4), (n,)
 
     methods = {
@@ -542,59 +648,122 @@ def benchmark(model, examples, device, batch_size=BATCH_SIZE, autocast_dtype=Non
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="hellaswag.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--model", default="gpt2", help=f"{'|'.join(HF_GPT2_NAMES)} or a local Hugging Face GPT-2 directory (through "
-                                      f"transformers), or a train_gpt2.py checkpoint file .pt (through model.py)")
+    a("--model", default="gpt2",
+      help=f"{'|'.join(HF_GPT2_NAMES)} (OpenAI's, from the Hugging Face hub) or a local Hugging Face GPT-2 directory, "
+           f"both through transformers, or a train_gpt2.py checkpoint file .pt, through model.py "
+           f"(default: %(default)s)")
     a("--split", choices=["val", "train"], default="val",
-      help="the official split to download and score (the test split has no labels, so it cannot be scored)")
-    a("--file", default=None, help="a local HellaSwag JSONL file in the official format, instead of the download")
-    a("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+      help="the official split to download and score; the test split has no labels, so it cannot be scored "
+           "(default: %(default)s)")
+    a("--file", default=None,
+      help="a local HellaSwag JSONL file in the official format, scored instead of the download (default: none: "
+           "download --split into $HELLASWAG_CACHE, or hellaswag/ beside this script)")
+    a("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available, in that order)")
     a("--dtype", choices=["float32", "bfloat16"], default="float32",
-      help="float32, or bfloat16 autocast around the forward (losses are float32 either way)")
-    a("--limit", type=int, default=None, help="score only the first N examples (--benchmark: default 100)")
+      help="float32, or bfloat16 autocast around the forward; the losses are float32 either way "
+           "(default: %(default)s)")
+    a("--limit", type=int, default=None, help="score only the first N examples (default: all; with --benchmark, 100)")
     a("--batch_size", type=int, default=None,
       help=f"examples per forward, 4 rows each (default: {BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on a CPU)")
-    a("--out", default=None, help="write the results to this JSON file")
+    a("--out", default=None, help="also write the results to this JSON file (default: none, print them only)")
     a("--benchmark", action="store_true",
-      help="time the batched scorer against one example per forward on the first --limit examples instead")
-    a("--benchmark_rounds", type=int, default=1, help="timed runs of each method in --benchmark; the best is reported")
+      help="instead of scoring, time the batched scorer against one example per forward on the first --limit "
+           "examples (default: off)")
+    a("--benchmark_rounds", type=int, default=1,
+      help="timed runs of each method in --benchmark; the best is reported (default: %(default)s)")
     return p
 
 
-def check_args(p, args):
-    """Validate the flags once, before anything is loaded."""
+def check_device(device, cuda_count, mps_available):
+    """UserError naming --device unless device is one this machine has: cpu, cuda or cuda:N with
+    N < cuda_count (torch.cuda.device_count()), mps if mps_available."""
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        d = None
+    if d is None or d.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {device}: expected cuda, cuda:N, mps or cpu")
+    if d.type == "cuda" and cuda_count == 0:
+        raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu, or leave --device out "
+                        f"for the best available")
+    if d.type == "cuda" and d.index is not None and d.index >= cuda_count:
+        raise UserError(f"--device {device}: torch sees {cuda_count} CUDA GPU(s), cuda:0 to cuda:{cuda_count - 1}")
+    if d.type == "mps" and not mps_available:
+        raise UserError(f"--device {device}: MPS is not available here; use --device cpu, or leave --device out "
+                        f"for the best available")
+
+
+def check_args(args):
+    """Validate the flags once, before anything is loaded: UserErrors that name the flag."""
     for flag in ("limit", "batch_size", "benchmark_rounds"):
         v = getattr(args, flag)
         if v is not None and v < 1:
-            p.error(f"--{flag} must be >= 1, got {v}")
+            raise UserError(f"--{flag} must be >= 1, got {v}")
     if args.file is not None and not os.path.isfile(args.file):
-        p.error(f"--file {args.file} does not exist; give the path of a HellaSwag JSONL file, or leave --file "
-                f"out to download the official --split {args.split}")
+        what = "is a directory" if os.path.isdir(args.file) else "does not exist"
+        raise UserError(f"--file {args.file} {what}; give the path of a HellaSwag JSONL file (hellaswag_val.jsonl), "
+                        f"or leave --file out to download the official --split {args.split}")
     m = args.model
     if m not in HF_GPT2_NAMES and not os.path.isfile(m):
         if not os.path.isdir(m):
-            p.error(f"--model {m} is neither one of {', '.join(HF_GPT2_NAMES)}, nor a Hugging Face directory, nor "
-                    f"a train_gpt2.py checkpoint file (.pt); check the path")
+            raise UserError(f"--model {m} is neither one of {', '.join(HF_GPT2_NAMES)}, nor a Hugging Face "
+                            f"directory, nor a train_gpt2.py checkpoint file (.pt); check the path")
         if not os.path.isfile(os.path.join(m, "config.json")):
-            p.error(f"--model {m} is a directory without config.json; give a Hugging Face GPT-2 directory "
-                    f"(config.json + weights, as GPT.save_pretrained writes), or a checkpoint file .pt")
+            raise UserError(f"--model {m} is a directory without config.json; give a Hugging Face GPT-2 directory "
+                            f"(config.json + weights, as save_pretrained writes), or a checkpoint file .pt")
+    if args.device is not None:
+        mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+        check_device(args.device, torch.cuda.device_count(), mps)
+    if args.out is not None and os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a directory; give a file name, such as "
+                        f"{os.path.join(args.out, 'hellaswag.json')}")
     if args.benchmark and args.limit is None:
         args.limit = 100
     return args
 
 
+def autocast_context(device, dtype):
+    """The context the forward runs in for --dtype: bfloat16 autocast on the device's type, or
+    nothing for float32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    if dtype == "bfloat16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    raise ValueError(f"dtype {dtype!r}: expected float32 or bfloat16")
+
+
 def run(args):
+    """hellaswag.py with parsed flags: the cheap checks and loads first (flags, data, then the
+    model), so that a mistake shows before a model is fetched."""
+    check_args(args)
     device = args.device or default_device()
     if args.batch_size is None:
         args.batch_size = CPU_BATCH_SIZE if torch.device(device).type == "cpu" else BATCH_SIZE
-    examples = load_examples(args.split, file=args.file, limit=args.limit)
+    try:
+        examples = load_examples(args.split, file=args.file, limit=args.limit)
+    except DownloadError as e:
+        # offline, the default run needs the network twice: say both at once
+        msg = f"could not download the HellaSwag {args.split} split from {e.url} ({e.reason})"
+        if hub_model_needs_network(args.model):
+            raise DownloadError(
+                f"{msg}, and --model {args.model} would be fetched from the Hugging Face hub too; without a network, "
+                f"pass a local hellaswag_{args.split}.jsonl with --file, and a local Hugging Face GPT-2 directory or "
+                f"a train_gpt2.py checkpoint (.pt) with --model", e.url, e.reason,
+            ) from e
+        raise DownloadError(f"{msg}; without a network, pass a local hellaswag_{args.split}.jsonl with --file",
+                            e.url, e.reason) from e
+    if not args.benchmark:
+        check_labels(examples)  # before the model is loaded
     model = load_for_eval(args.model, device)
-    autocast_dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+    autocast = autocast_context(device, args.dtype)
     source = args.file or f"{args.split} split"
 
     if args.benchmark:
-        r = benchmark(model, examples, device, args.batch_size, autocast_dtype, args.benchmark_rounds)
+        results = benchmark(model, examples, device, args.batch_size, autocast, args.benchmark_rounds)
+        r = results
         print(f"{args.model}, {r['n']} examples of {source}, {args.dtype} on {device}, best of {r['rounds']}:")
         lines = [
             (f"batched, {r['batch_size']} examples per forward (this script)", r["batched_ex_s"]),
@@ -613,28 +782,27 @@ def run(args):
         if disagree:
             print("  WARNING: the methods disagree on some predictions: the rounding of different batch shapes "
                   "decided a near tie (possible in bfloat16; in float32 it would be a bug)")
-        return r
-
-    t0 = time.perf_counter()
-    counts = evaluate(model.hidden_fn, examples, device, autocast_dtype=autocast_dtype, batch_size=args.batch_size,
-                      block_size=model.block_size, head=model.head, pad_multiple=1, progress=True)
-    results = {
-        "acc": counts["acc"],
-        "acc_norm": counts["acc_norm"],
-        "n": counts["n"],
-        "num_correct": counts["num_correct"],
-        "num_correct_norm": counts["num_correct_norm"],
-        "model": args.model,
-        "split": None if args.file else args.split,
-        "file": args.file,
-        "limit": args.limit,
-        "dtype": args.dtype,
-        "device": str(device),
-        "batch_size": args.batch_size,
-        "seconds": time.perf_counter() - t0,
-    }
-    print(f"{args.model} | HellaSwag {source} | {results['n']} examples | acc {results['acc']:.4f} | "
-          f"acc_norm {results['acc_norm']:.4f} | {args.dtype} on {device}, {results['seconds']:.1f}s")
+    else:
+        t0 = time.perf_counter()
+        counts = evaluate(model.hidden_fn, examples, device, autocast=autocast, batch_size=args.batch_size,
+                          block_size=model.block_size, head=model.head, pad_multiple=1, progress=True)
+        results = {
+            "acc": counts["acc"],
+            "acc_norm": counts["acc_norm"],
+            "n": counts["n"],
+            "num_correct": counts["num_correct"],
+            "num_correct_norm": counts["num_correct_norm"],
+            "model": args.model,
+            "split": None if args.file else args.split,
+            "file": args.file,
+            "limit": args.limit,
+            "dtype": args.dtype,
+            "device": str(device),
+            "batch_size": args.batch_size,
+            "seconds": time.perf_counter() - t0,
+        }
+        print(f"{args.model} | HellaSwag {source} | {results['n']} examples | acc {results['acc']:.4f} | "
+              f"acc_norm {results['acc_norm']:.4f} | {args.dtype} on {device}, {results['seconds']:.1f}s")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         tmp = args.out + ".tmp"
@@ -646,12 +814,10 @@ def run(args):
 
 
 def main(argv=None):
-    p = get_parser()
-    args = check_args(p, p.parse_args(argv))
-    try:
-        return run(args)
-    except (HellaSwagError, DownloadError, ModelLoadError) as e:
-        sys.exit(f"hellaswag.py: error: {e}")
+    """The command line; a user's mistake ends it with one line, `hellaswag.py: error: ...`, and
+    exit status 2 (argparse's own errors, such as an unknown flag, add its usage line above)."""
+    args = get_parser().parse_args(argv)
+    return exit_on_user_error("hellaswag.py", run, args)
 
 
 if __name__ == "__main__":

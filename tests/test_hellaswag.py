@@ -1,17 +1,25 @@
 """hellaswag.py: the scorer against a plain per-row recomputation on tiny random GPT-2s, batching
 and padding, our checkpoints against their Hugging Face export, the split over ranks, the checks
-on every line of the data, the download, and the command line end to end. No network."""
+on every line of the data, the download, the command line end to end and its one-line errors. No
+network: the downloads go to a closed local port, the Hugging Face hub is switched to offline."""
 
+import contextlib
 import dataclasses
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch.nn import functional as F
 
 import hellaswag
-from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, get_tokenizer
+from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, UserError, get_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # made-up examples in the official format (the same keys as hellaswag_val.jsonl), of uneven
 # lengths: the longest rows are over 64 tokens, so batches get padded to 32, 64 and 96
@@ -195,7 +203,8 @@ def test_batching_and_padding_change_no_loss(hf_model, examples):
 
 def test_padded_vocabulary_and_bfloat16(examples):
     """The 47 padding rows of a 50304 vocabulary stay out of the softmax; bfloat16 autocast keeps the
-    losses in float32 and close to float32's."""
+    losses in float32 and close to float32's. One torch.autocast object serves every batch: it is
+    entered again for each, and left off after."""
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(block_size=128, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)).eval()
     with torch.no_grad():
@@ -204,9 +213,25 @@ def test_padded_vocabulary_and_bfloat16(examples):
     ref_sum, ref_mean = reference_scores(fn, examples)
     s = hellaswag.score_batch(fn, examples, "cpu")
     torch.testing.assert_close(s.sum_loss, ref_sum)
-    bf = hellaswag.score_batch(fn, examples, "cpu", autocast_dtype=torch.bfloat16)
+    autocast = hellaswag.autocast_context("cpu", "bfloat16")
+    dtypes = []
+
+    def recording(idx):
+        logits = fn(idx)
+        dtypes.append(logits.dtype)
+        return logits
+
+    bf = hellaswag.score_examples(recording, examples, "cpu", batch_size=3, autocast=autocast)
+    assert dtypes == [torch.bfloat16] * 3  # 7 examples in 3 batches, each under autocast
+    assert not torch.is_autocast_enabled("cpu")
     assert bf.mean_loss.dtype == torch.float32
     torch.testing.assert_close(bf.mean_loss, ref_mean, atol=0.1, rtol=0.02)
+    counts = hellaswag.evaluate(recording, examples, "cpu", batch_size=3, autocast=autocast)
+    assert dtypes[3:] == [torch.bfloat16] * 3 and not torch.is_autocast_enabled("cpu")
+    assert counts["num_correct_norm"] == (bf.pred_norm == torch.tensor([e.label for e in examples])).sum().item()
+    # float32 is no autocast at all
+    assert isinstance(hellaswag.autocast_context("cpu", "float32"), contextlib.nullcontext)
+    assert (autocast.device, autocast.fast_dtype) == ("cpu", torch.bfloat16)
 
 
 def test_checkpoint_native_and_through_huggingface(examples, tmp_path):
@@ -232,6 +257,15 @@ def test_checkpoint_native_and_through_huggingface(examples, tmp_path):
     assert torch.equal(a.pred, b.pred) and torch.equal(a.pred_norm, b.pred_norm)
     torch.testing.assert_close(a.sum_loss, b.sum_loss)
     torch.testing.assert_close(a.mean_loss, b.mean_loss)
+    # hidden_fn then head is the plain forward of the model that was saved, position by position
+    idx = torch.tensor([get_tokenizer().encode_ordinary(examples[0].ctx)])  # (1, T)
+    with torch.no_grad():
+        want = gpt.eval()(idx)[0]  # (1, T, 50304)
+        for m in (native, hf):
+            hidden = m.hidden_fn(idx)
+            assert hidden.shape == (1, idx.size(1), 32)
+            torch.testing.assert_close(m.head(hidden)[..., :GPT2_VOCAB_SIZE], want[..., :GPT2_VOCAB_SIZE])
+            torch.testing.assert_close(m.logits_fn(idx)[..., :GPT2_VOCAB_SIZE], want[..., :GPT2_VOCAB_SIZE])
     # the head path left the native model whole: its forward still ends in the vocabulary
     assert native.logits_fn(torch.zeros(1, 3, dtype=torch.long)).shape == (1, 3, 50304)
 
@@ -272,39 +306,18 @@ def replace(line, **fields):
     (replace(GOOD, label="2"), "'label' must be an integer in 0..3, found '2'"),
     ("[1, 2, 3]", "expected a JSON object"),
 ])
-def test_malformed_lines_name_file_and_line(tmp_path, bad, message):
+def test_malformed_lines_name_file_and_line(tmp_path, capsys, bad, message):
     path = write_jsonl(tmp_path / "bad.jsonl", [GOOD, GOOD, bad, GOOD])
     with pytest.raises(hellaswag.HellaSwagError) as e:
         hellaswag.load_examples(file=path)
-    assert isinstance(e.value, ValueError)
-    assert f"{path} line 3: " in str(e.value) and message in str(e.value)
-    # the command line says the same, as an error exit
+    assert isinstance(e.value, UserError) and not isinstance(e.value, hellaswag.DownloadError)
+    msg = str(e.value)
+    assert f"{path} line 3: " in msg and message in msg
+    # the command line says the same in one line, before it loads the model
     with pytest.raises(SystemExit) as e:
         hellaswag.main(["--model", "gpt2", "--file", path])
-    assert str(e.value.code).startswith("hellaswag.py: error: ") and f"{path} line 3: " in str(e.value.code)
-
-
-def test_missing_file_and_bad_model(tmp_path, capsys):
-    missing = str(tmp_path / "nope.jsonl")
-    with pytest.raises(FileNotFoundError, match="nope.jsonl does not exist"):
-        hellaswag.load_examples(file=missing)
-    with pytest.raises(SystemExit):
-        hellaswag.main(["--model", "gpt2", "--file", missing])
-    assert "--file" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        hellaswag.main(["--model", str(tmp_path / "no_such_dir")])
-    err = capsys.readouterr().err
-    assert "--model" in err and "no_such_dir" in err
-    with pytest.raises(SystemExit):
-        hellaswag.main(["--model", str(tmp_path)])  # a directory, but no config.json
-    assert "config.json" in capsys.readouterr().err
-    # a file that is not a checkpoint
-    not_ckpt = tmp_path / "model.pt"
-    not_ckpt.write_bytes(b"not a checkpoint")
-    path = write_jsonl(tmp_path / "val.jsonl", [GOOD])
-    with pytest.raises(SystemExit) as e:
-        hellaswag.main(["--model", str(not_ckpt), "--file", path, "--device", "cpu"])
-    assert f"--model {not_ckpt}" in str(e.value.code)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"hellaswag.py: error: {msg}\n"
 
 
 def test_unlabeled_data_is_refused_when_scored(hf_model, tmp_path):
@@ -383,24 +396,71 @@ def test_download_is_atomic_and_cached(monkeypatch, tmp_path, val_file):
         urls.append(url)
         return FakeResponse(data, fail_after)
 
-    cache = tmp_path / "cache"
+    cache = tmp_path / "cache" / "hellaswag"
     monkeypatch.setenv("HELLASWAG_CACHE", str(cache))
-    # interrupted half way: an error that says what to do, and no file left behind
+    # interrupted half way: an error that says what to do, and no file, nor even the folder, left behind
     monkeypatch.setattr(hellaswag.urllib.request, "urlopen", lambda url, timeout=None: urlopen(url, fail_after=300))
     with pytest.raises(hellaswag.DownloadError, match="--file"):
         hellaswag.load_examples("val", progress=False)
-    assert list(cache.iterdir()) == []
+    assert not (tmp_path / "cache").exists()
     monkeypatch.setattr(hellaswag.urllib.request, "urlopen", urlopen)
     examples = hellaswag.load_examples("val", progress=False)
     assert len(examples) == len(EXAMPLES) and examples[0].file == str(cache / "hellaswag_val.jsonl")
     assert urls[-1] == "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
     assert sorted(p.name for p in cache.iterdir()) == ["hellaswag_val.jsonl"]
+    assert (cache / "hellaswag_val.jsonl").read_bytes() == data
     hellaswag.load_examples("val", progress=False)
     assert len(urls) == 2  # the second load read the cache
     # a damaged cached file says how to get a good one
     (cache / "hellaswag_val.jsonl").write_text(GOOD + "\n" + GOOD[:50] + "\n")
     with pytest.raises(hellaswag.HellaSwagError, match="line 2: not valid JSON.*delete .*hellaswag_val.jsonl"):
         hellaswag.load_examples("val", progress=False)
+
+
+@contextlib.contextmanager
+def closed_port():
+    """A local port that refuses connections: bound, so that nothing else takes it, but not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def silent_server():
+    """A local port that accepts connections and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(4)
+        yield sock.getsockname()[1]
+
+
+def test_file_errors_and_download_errors_are_told_apart(monkeypatch, tmp_path):
+    """train_gpt2.py goes on without HellaSwag only when the download fails (DownloadError); a
+    --hellaswag_file that is missing, a folder, empty or malformed is a HellaSwagError, which
+    stops it. Both are UserErrors, one line to the user."""
+    monkeypatch.setenv("HELLASWAG_CACHE", str(tmp_path / "cache"))
+    bad_files = {"missing": str(tmp_path / "nope.jsonl"), "folder": str(tmp_path),
+                 "empty": write_jsonl(tmp_path / "empty.jsonl", []),
+                 "malformed": write_jsonl(tmp_path / "bad.jsonl", [GOOD, GOOD[:40]])}
+    messages = {"missing": "nope.jsonl does not exist", "folder": "cannot read it", "empty": "no examples",
+                "malformed": "bad.jsonl line 2: not valid JSON"}
+    for kind, file in bad_files.items():
+        with pytest.raises(hellaswag.HellaSwagError, match=messages[kind]) as e:
+            hellaswag.load_examples("val", file=file, progress=False)
+        assert isinstance(e.value, UserError) and not isinstance(e.value, hellaswag.DownloadError)
+    with closed_port() as port:
+        monkeypatch.setattr(hellaswag, "DATA_URL", f"http://127.0.0.1:{port}/hellaswag_{{split}}.jsonl")
+        with pytest.raises(hellaswag.DownloadError) as e:
+            hellaswag.load_examples("val", progress=False)
+    assert isinstance(e.value, UserError) and not isinstance(e.value, hellaswag.HellaSwagError)
+    assert e.value.url == f"http://127.0.0.1:{port}/hellaswag_val.jsonl" and "refused" in e.value.reason
+    assert "--hellaswag_file" in str(e.value)
+    # a server that never answers costs the timeout, not a hang
+    with silent_server() as port:
+        monkeypatch.setattr(hellaswag, "DATA_URL", f"http://127.0.0.1:{port}/hellaswag_{{split}}.jsonl")
+        with pytest.raises(hellaswag.DownloadError, match="timed out"):
+            hellaswag.load_examples("val", progress=False, timeout=0.2)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_command_line_end_to_end(hf_model, hf_dir, val_file, examples, tmp_path, capsys):
@@ -422,3 +482,139 @@ def test_command_line_end_to_end(hf_model, hf_dir, val_file, examples, tmp_path,
     assert r["n"] == 4 and r["batched_same_pred"] == r["batched_same_pred_norm"] == 4
     assert r["batched_full_logits_same_pred_norm"] == 4 and r["ratio"] > 0
     assert "examples/s" in capsys.readouterr().out
+
+
+def test_progress_bar_with_tqdm_disabled(tmp_path, val_file, examples):
+    """TQDM_DISABLE=1, a documented tqdm setting, leaves the bar's count at 0: the running acc_norm
+    divides by our own count. tqdm reads the variable when it is imported, hence a new process."""
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=128, vocab_size=50304, n_layer=1, n_head=2, n_embd=32)
+    gpt = GPT(config).eval()
+    ckpt = str(tmp_path / "model.pt")
+    torch.save({"model": gpt.state_dict(), "config": dataclasses.asdict(config)}, ckpt)
+    env = dict(os.environ, TQDM_DISABLE="1")
+    r = subprocess.run([sys.executable, "hellaswag.py", "--model", ckpt, "--file", val_file, "--device", "cpu",
+                        "--batch_size", "3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "HellaSwag" not in r.stderr  # no bar
+    want = hellaswag.evaluate(lambda idx: gpt(idx)[0], examples, "cpu")
+    assert f"| acc_norm {want['acc_norm']:.4f} |" in r.stdout
+
+
+def test_help_gives_every_default():
+    p = hellaswag.get_parser()
+    text = p.format_help()
+    helps = []
+    for action in p._actions:
+        if action.dest == "help":
+            continue
+        assert action.help and "default" in action.help, action.option_strings
+        helps.append(action.help)
+        if action.default not in (None, False):
+            assert f"(default: {action.default})" in " ".join(text.split()), action.option_strings
+    assert len(set(helps)) == len(helps)  # no help string copied from another flag
+
+
+def test_check_device_with_a_machines_values():
+    hellaswag.check_device("cpu", 0, False)
+    hellaswag.check_device("cuda", 8, False)
+    hellaswag.check_device("cuda:7", 8, False)
+    hellaswag.check_device("mps", 0, True)
+    for device, cuda_count, mps, message in [
+        ("cuda", 0, False, "torch sees no CUDA GPU"),
+        ("cuda:8", 8, False, "torch sees 8 CUDA GPU(s), cuda:0 to cuda:7"),
+        ("mps", 1, False, "MPS is not available"),
+        ("gpu", 1, True, "expected cuda, cuda:N, mps or cpu"),
+        ("meta", 1, True, "expected cuda, cuda:N, mps or cpu"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(f"--device {device}: {message}")):
+            hellaswag.check_device(device, cuda_count, mps)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network, as in this project's sandbox but the same on any machine: the HellaSwag download
+    goes to a closed local port, the Hugging Face hub is offline with an empty cache."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    monkeypatch.setenv("HELLASWAG_CACHE", str(tmp_path / "cache" / "hellaswag"))
+    with closed_port() as port:
+        monkeypatch.setattr(hellaswag, "DATA_URL", f"http://127.0.0.1:{port}/hellaswag_{{split}}.jsonl")
+        yield
+
+
+@pytest.fixture
+def paths(tmp_path, val_file, hf_dir):
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "broken_hf").mkdir()
+    (tmp_path / "broken_hf" / "config.json").write_text("{not json")
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    return dict(
+        good=val_file, hf=hf_dir, folder=str(tmp_path), missing=str(tmp_path / "nope.jsonl"),
+        empty=write_jsonl(tmp_path / "empty.jsonl", []),
+        malformed=write_jsonl(tmp_path / "bad.jsonl", [GOOD, replace(GOOD, label=7)]),
+        unlabeled=write_jsonl(tmp_path / "test.jsonl", [official_line(0, EXAMPLES[0], label=False)]),
+        no_model=str(tmp_path / "no_such_model"), no_config=str(tmp_path / "empty_dir"),
+        not_ckpt=str(tmp_path / "model.pt"), broken_hf=str(tmp_path / "broken_hf"),
+    )
+
+
+# (argv, what the error line says); {name} is one of the paths above. Each is a user's mistake:
+# exit status 2, the error on one line (argparse's own add its usage above it), no traceback
+BAD_INVOCATIONS = [
+    ([], "could not download the HellaSwag val split from http://127.0.0.1:"),  # offline, all defaults
+    (["--limit", "0"], "--limit must be >= 1, got 0"),
+    (["--batch_size", "-4"], "--batch_size must be >= 1, got -4"),
+    (["--benchmark", "--benchmark_rounds", "0"], "--benchmark_rounds must be >= 1, got 0"),
+    (["--limit", "ten"], "argument --limit: invalid int value: 'ten'"),
+    (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+    (["--split", "test"], "argument --split: invalid choice: 'test'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--file", "{missing}"], "--file {missing} does not exist; give the path of a HellaSwag JSONL file"),
+    (["--file", "{folder}"], "--file {folder} is a directory"),
+    (["--file", "{empty}"], "{empty}: no examples (the file is empty)"),
+    (["--file", "{malformed}"], "{malformed} line 2: 'label' must be an integer in 0..3, found 7"),
+    (["--file", "{good}"], "--model gpt2 is fetched from the Hugging Face hub, which could not be reached"),
+    (["--model", "{hf}"], "could not download the HellaSwag val split"),
+    (["--model", "{no_model}", "--file", "{good}"], "--model {no_model} is neither one of gpt2"),
+    (["--model", "{no_config}", "--file", "{good}"], "--model {no_config} is a directory without config.json"),
+    (["--model", "{not_ckpt}", "--file", "{good}", "--device", "cpu"],
+     "--model {not_ckpt}: could not load it as a train_gpt2.py checkpoint"),
+    (["--model", "{broken_hf}", "--file", "{good}", "--device", "cpu"],
+     "--model {broken_hf}: could not load it as a Hugging Face GPT-2 directory"),
+    (["--model", "{hf}", "--file", "{unlabeled}", "--device", "cpu"], "{unlabeled} line 1: no 'label'"),
+    (["--file", "{good}", "--device", "cuda:99"], "--device cuda:99: torch sees"),
+    (["--file", "{good}", "--device", "tpu"], "--device tpu: expected cuda, cuda:N, mps or cpu"),
+    (["--file", "{good}", "--out", "{folder}"], "--out {folder} is a directory"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INVOCATIONS, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_bad_invocations_are_one_line(offline, paths, tmp_path, capsys, argv, message):
+    argv = [a.format(**paths) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        hellaswag.main(argv)
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and captured.out == ""
+    lines = captured.err.splitlines()
+    if lines[0].startswith("usage: hellaswag.py"):  # argparse's own
+        lines = lines[-1:]
+    assert len(lines) == 1 and lines[0].startswith("hellaswag.py: error: "), captured.err
+    assert message.format(**paths) in lines[0]
+    assert not (tmp_path / "cache").exists()  # a failed download leaves no folder behind
+    if argv in ([], ["--model", paths["hf"]]):
+        # offline, all that needs the network is named, with what to use instead
+        assert "pass a local hellaswag_val.jsonl with --file" in lines[0]
+        assert ("--model gpt2 would be fetched from the Hugging Face hub too" in lines[0]) == (argv == [])
+
+
+def test_user_error_from_the_script_itself(tmp_path):
+    """python hellaswag.py as a user runs it: exit status 2, one line on stderr."""
+    missing = str(tmp_path / "nope.jsonl")
+    r = subprocess.run([sys.executable, "hellaswag.py", "--file", missing], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines() == [r.stderr.strip()] and r.stderr.startswith(f"hellaswag.py: error: --file {missing}")
