@@ -18,6 +18,10 @@ document per topic, about 139k tokens on Python 3.11); no network, a few seconds
 
     python fineweb.py --embedded                        # -> data/pydoc/
 
+Shards made by another tool in the same format (llm.c, modded-nanogpt), which have no manifest.json:
+
+    python fineweb.py --index llm.c/dev/data/edu_fineweb10B
+
 Tokenizer throughput of this pipeline against plain tiktoken on the same documents and workers:
 
     python fineweb.py --embedded --benchmark
@@ -25,14 +29,19 @@ Tokenizer throughput of this pipeline against plain tiktoken on the same documen
 Every document becomes [<|endoftext|>] + encode_ordinary(text) with GPT-2's tokenizer. The first
 shard (--val_tokens tokens) is the validation split, the rest train, in shards of --shard_size
 tokens named <prefix>_val_000000.bin, <prefix>_train_000001.bin, ...; documents flow across shard
-boundaries. A manifest.json is written last. The format is llm.c's (see below).
+boundaries. The shards and a manifest.json are written into a temporary folder and moved into
+--out_dir only once the set is complete, so --out_dir never holds half a data set. The format is
+llm.c's (see below).
 """
 
 import argparse
 import collections
+import contextlib
+import errno
 import glob
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -41,6 +50,10 @@ import tempfile
 import time
 
 import numpy as np
+
+# model.py imports torch, which costs a second or two at start-up; the tokenizer workers import
+# model anyway (tokenize_docs), and under fork they inherit it
+from model import GPT2_EOT, UserError, exit_on_user_error
 
 # -----------------------------------------------------------------------------
 # the shard format: llm.c's, so our shards also work with llm.c and modded-nanogpt.
@@ -54,8 +67,13 @@ HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
 
 
-class ShardError(ValueError):
-    """A shard file that is not what the loader expects."""
+class ShardError(UserError, ValueError):
+    """A shard file or a folder of shards that is not what the loader expects; the message names
+    the file or folder and says how to remake it."""
+
+
+class NoShardsError(ShardError, FileNotFoundError):
+    """A --data_dir that does not exist or holds no shards of the split asked for."""
 
 
 def write_shard(path, tokens):
@@ -102,12 +120,224 @@ def read_shard_header(path):
     return ntok
 
 
-def load_shard(path):
-    """The tokens of a checked shard as a read-only uint16 memmap (nothing is read until used)."""
+def _vocab_error(path, max_token, vocab_size, where=""):
+    return ShardError(
+        f"shard {path} holds token id {max_token}{where}, but the model's vocab_size is {vocab_size} (ids must be "
+        f"< {vocab_size}): it was tokenized with a larger vocabulary than the model's. Regenerate it with "
+        f"fineweb.py (GPT-2's tokenizer, ids < 50257), or give the model a vocab_size above {max_token}"
+    )
+
+
+def load_shard(path, vocab_size=None):
+    """The tokens of a checked shard as a read-only uint16 memmap (nothing is read until used).
+    Given vocab_size, every token id is checked to be below it (one pass over the shard, a
+    fraction of a second for 100M tokens): an id the embedding table lacks would otherwise fail
+    deep inside the model, or not at all on some devices."""
     ntok = read_shard_header(path)
     if ntok == 0:
         return np.zeros(0, dtype=TOKEN_DTYPE)
-    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(ntok,))
+    tokens = np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(ntok,))
+    if vocab_size is not None:
+        max_token = int(tokens.max())
+        if max_token >= vocab_size:
+            raise _vocab_error(path, max_token, vocab_size)
+    return tokens
+
+
+# -----------------------------------------------------------------------------
+# a data set: one folder holding one set of shards and the manifest.json that lists them. The
+# loader reads every *_train_*.bin of its folder, so it must know that they belong together and
+# are all there: the manifest, written last, says so.
+
+MANIFEST = "manifest.json"
+SHARD_GLOBS = ("*_val_*.bin", "*_train_*.bin")
+FORMAT = {"magic": SHARD_MAGIC, "version": SHARD_VERSION, "header": f"{HEADER_INTS} x int32 little-endian",
+          "tokens": "uint16 little-endian"}
+
+
+def shard_names(data_dir):
+    """Names of the files in data_dir that the loader reads as shards, of either split."""
+    return sorted({os.path.basename(p) for g in SHARD_GLOBS for p in glob.glob(os.path.join(data_dir, g))})
+
+
+def shard_prefix(name):
+    """'edufineweb' of 'edufineweb_train_000001.bin': the part before the split."""
+    return re.match(r"(.*)_(?:val|train)_", name)[1]
+
+
+def shard_split(name):
+    return "val" if re.match(r".*_val_.*\.bin$", name) else "train"
+
+
+def read_manifest(data_dir):
+    with open(os.path.join(data_dir, MANIFEST)) as f:
+        return json.load(f)
+
+
+def _write_json(path, obj):
+    """obj as JSON at path, atomically (a temporary file renamed once complete)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _shard_entry(name, tokens):
+    """A shard's manifest entry, from its tokens."""
+    return {
+        "name": name,
+        "split": shard_split(name),
+        "tokens": int(len(tokens)),
+        # the documents that start in this shard: encode_ordinary never yields <|endoftext|>,
+        # so every EOT is a document's first token
+        "documents": int(np.count_nonzero(tokens == GPT2_EOT)),
+        # so that the loader can refuse ids beyond the model's vocabulary without reading the shard
+        "max_token": int(tokens.max()) if len(tokens) else None,
+    }
+
+
+def _too_many_prefixes(data_dir, names):
+    prefixes = sorted({shard_prefix(n) for n in names})
+    if len(prefixes) > 1:
+        return ShardError(
+            f"--data_dir {data_dir} holds shards of {len(prefixes)} data sets (prefixes {', '.join(prefixes)}), and "
+            f"the loader would read them all as one: keep one data set per folder (move the others out, or remake "
+            f"it with python fineweb.py --out_dir {data_dir} --overwrite)"
+        )
+    return None
+
+
+def check_data_dir(data_dir):
+    """The manifest of the data set in data_dir, after checking that the folder holds exactly the
+    shards of one finished fineweb.py run: shards of one prefix, a manifest.json (written last,
+    so a killed run has none), every shard it lists present with its header's token count, and
+    no shard it does not list. Reads the shards' headers only. Raises ShardError otherwise."""
+    if not os.path.isdir(data_dir):
+        raise NoShardsError(
+            f"--data_dir {data_dir} does not exist; make shards with fineweb.py (python fineweb.py --out_dir {data_dir})"
+        )
+    names = shard_names(data_dir)
+    err = _too_many_prefixes(data_dir, names)
+    if err:
+        raise err
+    path = os.path.join(data_dir, MANIFEST)
+    remake = f"remake the data set with python fineweb.py ... --out_dir {data_dir} --overwrite"
+    if not os.path.isfile(path):
+        if not names:
+            raise NoShardsError(f"--data_dir {data_dir} holds no shards (*_val_*.bin, *_train_*.bin); make them with fineweb.py")
+        raise ShardError(
+            f"--data_dir {data_dir} has shards but no {MANIFEST}: the fineweb.py run that wrote them did not finish "
+            f"(it writes {MANIFEST} last), or another tool made them. Either {remake}, or, for complete shards "
+            f"from llm.c or modded-nanogpt, index them with python fineweb.py --index {data_dir}"
+        )
+    try:
+        manifest = read_manifest(data_dir)
+        listed = {s["name"]: int(s["tokens"]) for s in manifest["shards"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ShardError(f"{path} is not a manifest that fineweb.py wrote ({type(e).__name__}: {e}); {remake}") from e
+    unlisted = sorted(set(names) - set(listed))
+    if unlisted:
+        raise ShardError(
+            f"--data_dir {data_dir} holds {len(unlisted)} shard(s) that its {MANIFEST} does not list ({', '.join(unlisted[:3])}"
+            f"{', ...' if len(unlisted) > 3 else ''}): shards of another run are mixed in. Move them out, or {remake}"
+        )
+    missing = sorted(set(listed) - set(names))
+    if missing:
+        raise ShardError(
+            f"--data_dir {data_dir} has {len(listed) - len(missing)} of the {len(listed)} shards its {MANIFEST} lists "
+            f"(missing {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): the data set is incomplete, a "
+            f"copy that did not finish or shards deleted since. Copy it again, or {remake}"
+        )
+    for name, ntok in listed.items():
+        shard = os.path.join(data_dir, name)
+        found = read_shard_header(shard)
+        if found != ntok:
+            raise ShardError(
+                f"shard {shard} has {found} tokens but {path} lists {ntok}: it was replaced after fineweb.py wrote "
+                f"the data set. {remake[0].upper() + remake[1:]}, or, for shards from another tool, reindex them "
+                f"with python fineweb.py --index {data_dir} --overwrite"
+            )
+    return manifest
+
+
+def find_shards(data_dir, split, vocab_size=None):
+    """Sorted paths of one split's shards ('train' or 'val') in data_dir, as fineweb.py names them,
+    after checking the whole data set (check_data_dir) and, given vocab_size, its token ids
+    (check_vocab). Raises NoShardsError (a ShardError and a FileNotFoundError) for a missing
+    folder or split, ShardError for the rest."""
+    if not os.path.isdir(data_dir):
+        check_data_dir(data_dir)  # raises: says the folder does not exist
+    shards = sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
+    if not shards:
+        raise NoShardsError(
+            f"--data_dir {data_dir} has no {split} shards (*_{split}_*.bin); make them with fineweb.py "
+            f"(python fineweb.py --out_dir {data_dir})"
+        )
+    if vocab_size is None:
+        check_data_dir(data_dir)
+    else:
+        check_vocab(data_dir, vocab_size, split)
+    return shards
+
+
+def check_vocab(data_dir, vocab_size, split=None):
+    """The largest token id in data_dir's shards (of one split, or all), after checking that each
+    is below vocab_size: from the manifest's max_token, recorded when the shard was written, so
+    this costs no read of the shards; a shard whose entry lacks max_token (a manifest of an older
+    fineweb.py) is read through. Checks the data set first (check_data_dir)."""
+    manifest = check_data_dir(data_dir)
+    largest = -1
+    for entry in manifest["shards"]:
+        if split is not None and shard_split(entry["name"]) != split:
+            continue
+        path = os.path.join(data_dir, entry["name"])
+        if "max_token" in entry:
+            max_token = -1 if entry["max_token"] is None else int(entry["max_token"])
+            if max_token >= vocab_size:
+                raise _vocab_error(path, max_token, vocab_size, f" (its max_token in {MANIFEST})")
+        else:
+            tokens = load_shard(path, vocab_size)
+            max_token = int(tokens.max()) if len(tokens) else -1
+        largest = max(largest, max_token)
+    return largest
+
+
+def write_manifest(out_dir, source=None):
+    """Index the shards already in out_dir (of one prefix; made by write_shard, or by another tool
+    in the same format such as llm.c) into out_dir/manifest.json, written atomically; returns
+    the manifest. Reads every shard once, for its token count, documents (GPT-2 <|endoftext|>
+    tokens) and largest token id. source: a JSON-able note of where the shards came from."""
+    if not os.path.isdir(out_dir):
+        raise NoShardsError(f"{out_dir} is not a folder; give the folder that holds the shards")
+    names = shard_names(out_dir)
+    if not names:
+        raise NoShardsError(f"{out_dir} holds no shards (*_val_*.bin, *_train_*.bin) to index")
+    err = _too_many_prefixes(out_dir, names)
+    if err:
+        raise err
+    names.sort(key=lambda n: (shard_split(n) != "val", n))  # val first, as fineweb.py writes them
+    shards = [_shard_entry(n, load_shard(os.path.join(out_dir, n))) for n in names]
+    train = [s["tokens"] for s in shards if s["split"] == "train"]
+    manifest = _manifest(source, None, max(train, default=0), sum(s["tokens"] for s in shards if s["split"] == "val"),
+                         sum(s["documents"] for s in shards), shards)
+    _write_json(os.path.join(out_dir, MANIFEST), manifest)
+    return manifest
+
+
+def _manifest(source, tokenizer, shard_size, val_tokens, documents, shards):
+    return {
+        "source": source,
+        "tokenizer": tokenizer,
+        "format": FORMAT,
+        "shard_size": shard_size,
+        "val_tokens": val_tokens,
+        "documents": documents,
+        "tokens": sum(s["tokens"] for s in shards),
+        "shards": shards,
+    }
 
 
 # -----------------------------------------------------------------------------
@@ -121,8 +351,9 @@ LOCAL_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt
 LOCAL_TYPES = ".jsonl/.json (a 'text' field), .parquet (a 'text' column) or .txt (one document per file)"
 
 
-class InputError(ValueError):
-    """Input that fineweb.py cannot make shards from; the message says which flag or file, and why."""
+class InputError(UserError, ValueError):
+    """A flag, input or output folder that fineweb.py cannot make shards from; the message says
+    which flag or file, and why."""
 
 
 def embedded_documents():
@@ -131,7 +362,7 @@ def embedded_documents():
     try:
         from pydoc_data.topics import topics
     except ImportError as e:
-        raise RuntimeError(
+        raise InputError(
             "this Python has no pydoc_data.topics (CPython's bundled reference docs), which --embedded "
             "reads; some Linux distributions package it separately (e.g. Debian's libpythonX.Y-stdlib): "
             "install it, or use --input with local text files"
@@ -163,9 +394,11 @@ def expand_inputs(patterns):
         if glob.has_magic(pattern):
             matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
             if not matches:
-                raise FileNotFoundError(f"--input {pattern} matches no file")
+                raise InputError(f"--input {pattern} matches no file")
+        elif os.path.isdir(pattern):
+            raise InputError(f"--input {pattern} is a folder; name its files, e.g. --input '{os.path.join(pattern, '*.jsonl')}'")
         elif not os.path.isfile(pattern):
-            raise FileNotFoundError(f"--input {pattern}: no such file")
+            raise InputError(f"--input {pattern}: no such file")
         else:
             matches = [pattern]
         for path in matches:
@@ -176,27 +409,46 @@ def expand_inputs(patterns):
     return files
 
 
+def _read_errors():
+    """What `datasets`' packaged loaders raise on a file that is not what its name says (a broken
+    JSON line, a file that is not Parquet, text that is not UTF-8)."""
+    import datasets
+    import pyarrow
+
+    return pyarrow.ArrowException, UnicodeDecodeError, json.JSONDecodeError, datasets.exceptions.DatasetsError
+
+
 def local_documents(files):
     """Documents of local files, in file order, through `datasets`' packaged loaders in streaming
-    mode: one pass, nothing converted to an Arrow cache, memory bounded whatever the file size."""
+    mode: one pass, nothing converted to an Arrow cache, memory bounded whatever the file size.
+    A file that cannot be read raises InputError naming it."""
     import datasets
 
     datasets.disable_progress_bars()
+    # a file it cannot parse is reported by InputError below, in one line; `datasets` would also log it
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
+    read_errors = _read_errors()
     loader_of = lambda path: LOCAL_LOADERS[os.path.splitext(path)[1].lower()]
     for loader, group in itertools.groupby(files, key=loader_of):
         group = list(group)
         if loader == "text":
             # a run of .txt files loads in one call (a folder may hold thousands of them); every file
             # is one document, even an empty one
-            ds = datasets.load_dataset("text", data_files=group, split="train", streaming=True, sample_by="document")
             what = "--input .txt files " + ", ".join(group[:3]) + (", ..." if len(group) > 3 else "")
-            yield from _text_batches(ds, what)
+            try:
+                ds = datasets.load_dataset("text", data_files=group, split="train", streaming=True, sample_by="document")
+                yield from _text_batches(ds, what)
+            except read_errors as e:
+                raise InputError(f"{what}: cannot read them as UTF-8 text ({type(e).__name__}: {e})") from e
             continue
         for path in group:
             if os.path.getsize(path) == 0:
                 continue  # holds no records (the json loader fails on it with a bare StopIteration)
-            ds = datasets.load_dataset(loader, data_files=[path], split="train", streaming=True)
-            yield from _text_batches(ds, f"--input {path}")
+            try:
+                ds = datasets.load_dataset(loader, data_files=[path], split="train", streaming=True)
+                yield from _text_batches(ds, f"--input {path}")
+            except read_errors as e:
+                raise InputError(f"--input {path}: cannot read it as {loader} ({type(e).__name__}: {e}); expected {LOCAL_TYPES}") from e
 
 
 def hf_documents(dataset=DEFAULT_DATASET, config=DEFAULT_CONFIG, streaming=False):
@@ -205,8 +457,29 @@ def hf_documents(dataset=DEFAULT_DATASET, config=DEFAULT_CONFIG, streaming=False
     the Hub as we go."""
     import datasets
 
-    ds = datasets.load_dataset(dataset, name=config, split="train", streaming=streaming)
-    yield from _text_batches(ds, f"--dataset {dataset} --config {config}")
+    what = f"--dataset {dataset} --config {config}"
+    offline = ("without a network, make shards from local files (--input FILES --out_dir DIR) or from the "
+               "embedded offline corpus (--embedded); with the dataset already in the Hugging Face cache, "
+               "set HF_HUB_OFFLINE=1")
+    # without a network, huggingface_hub tries the Hub 6 times over about 25 s and logs a warning for
+    # each try; the InputError below says what matters in one line
+    http_log = logging.getLogger("huggingface_hub.utils._http")
+    level = http_log.level
+    http_log.setLevel(logging.ERROR)
+    try:
+        ds = datasets.load_dataset(dataset, name=config, split="train", streaming=streaming)
+    except ConnectionError as e:  # what `datasets` raises when the Hub cannot be reached, or offline mode is on
+        raise InputError(f"cannot download {what}: {e}. The download needs the network; {offline}") from e
+    except FileNotFoundError as e:  # DatasetNotFoundError, or a --dataset that is neither on the Hub nor a folder
+        raise InputError(f"--dataset {dataset}: {e}") from e
+    except ValueError as e:  # an unknown --config: `datasets` lists the ones there are
+        raise InputError(f"{what}: {e}") from e
+    finally:
+        http_log.setLevel(level)
+    try:
+        yield from _text_batches(ds, what)
+    except ConnectionError as e:  # the network lost on the way (with --streaming, read from the Hub throughout)
+        raise InputError(f"lost the connection while reading {what}: {e}; run it again") from e
 
 
 # -----------------------------------------------------------------------------
@@ -267,12 +540,11 @@ def tokenize_stream(documents, num_proc=1, chunk_chars=1 << 20):
             result, n = pending.popleft()
             yield result.get(), n
 
-
 # -----------------------------------------------------------------------------
 # writing shards
 
 SHARD_SIZE = 100_000_000
-MANIFEST = "manifest.json"
+STAGING_PREFIX = ".fineweb-tmp-"  # a run's folder inside an existing --out_dir; the loader never reads it
 
 
 def shard_path(out_dir, prefix, index):
@@ -282,25 +554,96 @@ def shard_path(out_dir, prefix, index):
 
 def _our_files(out_dir):
     """Files in out_dir that a run of fineweb.py writes (or leaves behind if killed), and that
-    train_gpt2.py would read: shards of any prefix, their temporaries, the manifest."""
-    names = ["*_val_*.bin", "*_train_*.bin", "*_val_*.bin.tmp", "*_train_*.bin.tmp", MANIFEST, MANIFEST + ".tmp"]
+    train_gpt2.py would read: shards of any prefix, their temporaries, the manifest, the folders
+    of killed runs."""
+    names = [*SHARD_GLOBS, "*_val_*.bin.tmp", "*_train_*.bin.tmp", MANIFEST, MANIFEST + ".tmp", STAGING_PREFIX + "*"]
     return sorted(set(itertools.chain.from_iterable(glob.glob(os.path.join(out_dir, n)) for n in names)))
 
 
-def prepare_out_dir(out_dir, overwrite=False):
-    """Make out_dir ready for a new set of shards. A non-empty out_dir is refused unless overwrite,
-    which deletes the shards and manifest in it first (train_gpt2.py reads every *_train_*.bin in
-    the folder, so shards of two runs must never mix); other files are left alone."""
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        if not overwrite:
-            raise FileExistsError(
-                f"--out_dir {out_dir} is not empty ({len(os.listdir(out_dir))} entries); fineweb.py does not "
-                f"write into it so that shards of two runs never mix. Pass --overwrite to delete its shards "
-                f"and manifest first, or choose another --out_dir"
-            )
-        for path in _our_files(out_dir):
+def check_out_dir(out_dir, overwrite=False):
+    """Refuse an out_dir that cannot take a new set of shards, before any work; creates nothing.
+    A non-empty out_dir is refused unless overwrite: train_gpt2.py reads every *_train_*.bin in
+    the folder, so shards of two runs must never mix."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"--out_dir {out_dir} is a file, not a folder; choose another --out_dir")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise InputError(
+            f"--out_dir {out_dir} is not empty ({len(os.listdir(out_dir))} entries); fineweb.py does not write into "
+            f"it so that shards of two runs never mix. Pass --overwrite to replace its shards and manifest once the "
+            f"new set is complete (other files stay), or choose another --out_dir"
+        )
+
+
+def _makedirs(path):
+    """os.makedirs(path), returning the folders it made, outermost first."""
+    missing = []
+    while not os.path.isdir(path) and path != os.path.dirname(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for d in reversed(missing):
+        os.mkdir(d)
+    return missing[::-1]
+
+
+# the environment's refusals while writing: the user can fix them, and they are no bug of ours
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+@contextlib.contextmanager
+def _staging(out_dir):
+    """A new, empty folder for a run's shards, on out_dir's file system so that they can be moved
+    into place: inside out_dir if it exists (a hidden .fineweb-tmp-* folder, which the loader's
+    *_train_*.bin never matches), else a sibling <out_dir>.tmp-* that becomes out_dir by one
+    rename. If the body fails, the folder goes, and with it any parent folders made for it: a
+    failed run leaves the file system as it found it."""
+    made = []
+    try:
+        if os.path.isdir(out_dir):
+            tmp = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
+        else:
+            parent = os.path.dirname(os.path.abspath(out_dir))
+            made = _makedirs(parent)
+            tmp = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out_dir)) + ".tmp-", dir=parent)
+    except OSError as e:
+        _remove_empty(made)
+        raise InputError(f"--out_dir {out_dir}: cannot make a folder there ({e}); choose another --out_dir") from e
+    try:
+        yield tmp
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(made)
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            raise InputError(f"--out_dir {out_dir}: writing the shards failed ({e}); nothing was changed there") from e
+        raise
+
+
+def _remove_empty(folders):
+    for d in reversed(folders):
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
+
+
+def _move_into_place(tmp, out_dir):
+    """Make the complete set of shards in tmp (a _staging folder) out_dir's data set. A new
+    out_dir is tmp renamed, so it appears complete or not at all. In an existing out_dir, the
+    old set's manifest goes first, then its shards (of any prefix; other files stay), then the
+    new shards move in and their manifest last: a crash in between leaves a folder without a
+    manifest, which the loader refuses as unfinished, never a mix that it would read."""
+    if not os.path.exists(out_dir):
+        os.replace(tmp, out_dir)
+        return
+    for path in sorted(_our_files(out_dir), key=lambda p: os.path.basename(p) != MANIFEST):
+        if os.path.abspath(path) == os.path.abspath(tmp):
+            continue
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
             os.remove(path)
-    os.makedirs(out_dir, exist_ok=True)
+    for name in sorted(os.listdir(tmp), key=lambda n: n == MANIFEST):
+        os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+    os.rmdir(tmp)
 
 
 class ShardWriter:
@@ -309,9 +652,9 @@ class ShardWriter:
     shard. A shard is written only once the next token arrives, so a corpus with no tokens left
     for training is an error before anything is written, and the last shard may be partial."""
 
-    def __init__(self, out_dir, prefix, shard_size, val_tokens, eot_token):
+    def __init__(self, out_dir, prefix, shard_size, val_tokens):
         self.out_dir, self.prefix = out_dir, prefix
-        self.shard_size, self.val_tokens, self.eot_token = shard_size, val_tokens, eot_token
+        self.shard_size, self.val_tokens = shard_size, val_tokens
         self.buf = np.empty(max(shard_size, val_tokens), dtype=TOKEN_DTYPE)
         self.index, self.fill = 0, 0
         self.shards = []  # manifest entries of the written shards
@@ -333,14 +676,7 @@ class ShardWriter:
         tokens = self.buf[: self.fill]
         path = shard_path(self.out_dir, self.prefix, self.index)
         write_shard(path, tokens)
-        self.shards.append({
-            "name": os.path.basename(path),
-            "split": "val" if self.index == 0 else "train",
-            "tokens": int(self.fill),
-            # the documents that start in this shard: encode_ordinary never yields <|endoftext|>,
-            # so every EOT is a document's first token
-            "documents": int(np.count_nonzero(tokens == self.eot_token)),
-        })
+        self.shards.append(_shard_entry(os.path.basename(path), tokens))
         self.index, self.fill = self.index + 1, 0
 
     def close(self, what):
@@ -357,10 +693,13 @@ class ShardWriter:
 
 def write_shards(documents, out_dir, prefix, shard_size=SHARD_SIZE, val_tokens=None, num_proc=1,
                  source=None, overwrite=False, progress=True, chunk_chars=1 << 20):
-    """Tokenize documents (an iterable of strings) into shards in out_dir and write manifest.json
-    last; returns the manifest. val_tokens defaults to shard_size (one shard, the build-nanogpt
-    convention). The output is the same whatever num_proc. source: a JSON-able description of
-    where the documents came from, for the manifest."""
+    """Tokenize documents (an iterable of strings) into shards and a manifest.json, and make them
+    out_dir's data set once complete; returns the manifest. A non-empty out_dir is refused unless
+    overwrite, which replaces its data set (its old shards stay until the new set is complete, and
+    stay as they are if this fails; its other files are kept). A failed run leaves nothing behind.
+    val_tokens defaults to shard_size (one shard, the build-nanogpt convention). The output is the
+    same whatever num_proc. source: a JSON-able description of where the documents came from, for
+    the manifest."""
     val_tokens = shard_size if val_tokens is None else val_tokens
     if shard_size < 1 or val_tokens < 1 or num_proc < 1:
         raise ValueError(f"shard_size ({shard_size}), val_tokens ({val_tokens}) and num_proc ({num_proc}) must be >= 1")
@@ -370,36 +709,30 @@ def write_shards(documents, out_dir, prefix, shard_size=SHARD_SIZE, val_tokens=N
     enc = get_tokenizer()  # built here, before the workers fork, so that they inherit it
     if enc.n_vocab > 2**16:
         raise ValueError(f"the tokenizer has {enc.n_vocab} tokens, more than uint16 shards can hold")
-    prepare_out_dir(out_dir, overwrite)
+    check_out_dir(out_dir, overwrite)
     what = describe(source)
-    writer = ShardWriter(out_dir, prefix, shard_size, val_tokens, enc.eot_token)
-    num_docs = 0
-    with tqdm(unit="tok", unit_scale=True, desc=f"tokenizing into {out_dir}", disable=not progress) as bar:
-        for tokens, n in tokenize_stream(documents, num_proc, chunk_chars):
-            writer.add(tokens)
-            num_docs += n
-            bar.update(len(tokens))
+    with _staging(out_dir) as tmp:
+        writer = ShardWriter(tmp, prefix, shard_size, val_tokens)
+        num_docs, bar = 0, None
+        try:
+            for tokens, n in tokenize_stream(documents, num_proc, chunk_chars):
+                if bar is None:  # made on the first tokens, so that a source that fails at once prints only its error
+                    # on a terminal only (disable=None), and erased when done (leave=False): an error or the
+                    # summary is then the last line, and a log file gets no carriage-return updates
+                    bar = tqdm(unit="tok", unit_scale=True, desc=f"tokenizing into {out_dir}",
+                               disable=None if progress else True, leave=False)
+                writer.add(tokens)
+                num_docs += n
+                bar.update(len(tokens))
+        finally:
+            if bar is not None:
+                bar.close()
         writer.close(what)
-    manifest = {
-        "source": source,
-        "tokenizer": {
-            "name": "gpt2 (tiktoken, model.get_tokenizer)",
-            "n_vocab": enc.n_vocab,
-            "eot_token": enc.eot_token,
-            "document": "[<|endoftext|>] + encode_ordinary(text)",
-        },
-        "format": {"magic": SHARD_MAGIC, "version": SHARD_VERSION, "header": f"{HEADER_INTS} x int32 little-endian",
-                   "tokens": "uint16 little-endian"},
-        "shard_size": shard_size,
-        "val_tokens": val_tokens,
-        "documents": num_docs,
-        "tokens": sum(s["tokens"] for s in writer.shards),
-        "shards": writer.shards,
-    }
-    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+        tokenizer = {"name": "gpt2 (tiktoken, model.get_tokenizer)", "n_vocab": enc.n_vocab, "eot_token": enc.eot_token,
+                     "document": "[<|endoftext|>] + encode_ordinary(text)"}
+        manifest = _manifest(source, tokenizer, shard_size, val_tokens, num_docs, writer.shards)
+        _write_json(os.path.join(tmp, MANIFEST), manifest)
+        _move_into_place(tmp, out_dir)
     return manifest
 
 
@@ -416,11 +749,6 @@ def describe(source):
     return "the input"
 
 
-def read_manifest(out_dir):
-    with open(os.path.join(out_dir, MANIFEST)) as f:
-        return json.load(f)
-
-
 # the embedded corpus (~139k tokens on Python 3.11) keeps about 12% for validation: enough for a
 # few evaluation batches of the cpu preset (8*128 + 1 tokens a batch per process)
 EMBEDDED_VAL_TOKENS = 16384
@@ -435,10 +763,10 @@ def embedded_source():
 def prepare_embedded(out_dir=EMBEDDED_OUT_DIR, shard_size=SHARD_SIZE, val_tokens=EMBEDDED_VAL_TOKENS, num_proc=1,
                      progress=False):
     """Shards of the embedded corpus (CPython's reference docs) in out_dir, named pydoc_*.bin;
-    returns the manifest. They are written in a temporary sibling folder that is renamed to
-    out_dir when complete, so out_dir exists only with a complete set and a caller may test for
-    the folder. If out_dir already holds this corpus made with the same settings, its manifest is
-    returned and nothing is written; any other non-empty out_dir is refused."""
+    returns the manifest. A new out_dir appears only with a complete set (write_shards), so a
+    caller may test for the folder. If out_dir already holds this corpus made with the same
+    settings, its manifest is returned and nothing is written; any other non-empty out_dir is
+    refused."""
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         try:
             manifest = read_manifest(out_dir)
@@ -447,23 +775,12 @@ def prepare_embedded(out_dir=EMBEDDED_OUT_DIR, shard_size=SHARD_SIZE, val_tokens
         if (manifest and manifest.get("source") == embedded_source() and manifest.get("shard_size") == shard_size
                 and manifest.get("val_tokens") == val_tokens):
             return manifest
-        raise FileExistsError(
+        raise InputError(
             f"{out_dir} is not empty and does not hold the embedded corpus made with shard_size={shard_size}, "
             f"val_tokens={val_tokens}; remove it or remake it with python fineweb.py --embedded --out_dir {out_dir} --overwrite"
         )
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out_dir)) + ".tmp-", dir=parent)
-    try:
-        manifest = write_shards(embedded_documents(), tmp, EMBEDDED_PREFIX, shard_size, val_tokens, num_proc,
-                                source=embedded_source(), progress=progress)
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty (checked above); os.replace cannot replace a folder everywhere
-        os.replace(tmp, out_dir)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
-    return manifest
+    return write_shards(embedded_documents(), out_dir, EMBEDDED_PREFIX, shard_size, val_tokens, num_proc,
+                        source=embedded_source(), progress=progress)
 
 
 # -----------------------------------------------------------------------------
@@ -504,7 +821,6 @@ def benchmark(documents, num_proc, rounds=3, chunk_chars=1 << 20):
     result["ratio"] = result["pipeline_tok_s"] / result["tiktoken_tok_s"]
     return result
 
-
 # -----------------------------------------------------------------------------
 # command line
 
@@ -520,30 +836,90 @@ def default_names(dataset, config):
     return folder + size, prefix
 
 
+def available_cpus():
+    """The CPUs this process may run on: its affinity mask where the OS has one (set by taskset,
+    cgroup cpusets, Slurm, Docker's --cpuset-cpus), which os.cpu_count() ignores; else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+OTHER_TOOLS = """\
+shards for other tools:
+  The format is llm.c's, which modded-nanogpt reads too, so our shards serve both as they are once
+  their names and sizes are what those tools expect. Their loaders glob <folder>/<prefix>_train_*.bin
+  and <prefix>_val_*.bin, and we write <out_dir>/<prefix>_val_000000.bin, <prefix>_train_000001.bin, ...
+
+  llm.c (train_gpt2.cu -i/-j) reads dev/data/edu_fineweb10B/edu_fineweb_{train,val}_*.bin, and asserts
+  that every shard it globs holds at least nproc*B*T+1 tokens (524,289 for its GPT-2 124M run,
+  8 GPUs x 64 x 1024), val included:
+      python fineweb.py --prefix edu_fineweb --out_dir llm.c/dev/data/edu_fineweb10B
+  All shards but the last train shard hold --shard_size (100M) tokens; the last holds the remainder:
+  move it out if it is smaller than that.
+
+  modded-nanogpt reads data/fineweb10B/fineweb_{train,val}_*.bin (FineWeb, not -Edu) and evaluates on
+  the first 10,485,760 validation tokens, so --val_tokens must be 10485760 or more (the default,
+  100M, is); FineWeb's default names here are already fineweb10B/ and fineweb_*:
+      python fineweb.py --dataset HuggingFaceFW/fineweb --out_dir modded-nanogpt/data/fineweb10B
+
+  build-nanogpt's names (edu_fineweb10B/, edufineweb_*) are this script's defaults. Shards made by those
+  tools have no manifest.json, which train_gpt2.py requires; make one with --index DIR.
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and every flag's default after its help; a default that depends
+    on other flags (None here) is said in words in the help instead."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's own errors (an unknown flag, a number that is not one) raised as InputError, so
+    that they reach the user in one line like every other mistake."""
+
+    def error(self, message):
+        raise InputError(f"{message} (see python fineweb.py --help)")
+
+
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="fineweb.py", description=__doc__, epilog=OTHER_TOOLS, formatter_class=HelpFormatter)
     a = p.add_argument
     src = p.add_argument_group("source (default: Hugging Face FineWeb-Edu, sample-10BT, train split)")
     src.add_argument("--dataset", default=None, help=f"Hugging Face dataset (default {DEFAULT_DATASET}; or HuggingFaceFW/fineweb)")
     src.add_argument("--config", default=None, help=f"its configuration (default {DEFAULT_CONFIG}; or sample-100BT, sample-350BT, default)")
     src.add_argument("--streaming", action="store_true", help="read the Hugging Face dataset from the Hub as it goes instead of downloading a local copy first")
     src.add_argument("--input", nargs="+", default=None, metavar="PATH",
-                     help=f"local files or globs instead: {LOCAL_TYPES}; read in the order given, glob matches sorted")
+                     help=f"local files or globs instead (default: none): {LOCAL_TYPES}; read in the order given, glob matches sorted")
     src.add_argument("--embedded", action="store_true",
                      help=f"the embedded offline corpus instead: {EMBEDDED_NAME}; about 139k tokens, no network needed")
     out = p.add_argument_group("output")
     out.add_argument("--out_dir", default=None,
                      help="folder for the shards and manifest.json (default: edu_fineweb10B for FineWeb-Edu sample-10BT, "
                           f"named after --dataset/--config otherwise, {EMBEDDED_OUT_DIR} for --embedded; required with --input)")
-    out.add_argument("--prefix", default=None, help="shard name prefix (default: edufineweb, fineweb, pydoc for --embedded, local for --input)")
-    out.add_argument("--shard_size", type=int, default=SHARD_SIZE, help="tokens per train shard")
+    out.add_argument("--prefix", default=None,
+                     help="shard name prefix: <prefix>_val_000000.bin, <prefix>_train_000001.bin, ... (default: edufineweb "
+                          "(build-nanogpt's), fineweb for FineWeb, pydoc for --embedded, local for --input; edu_fineweb "
+                          "for llm.c, see below)")
+    out.add_argument("--shard_size", type=int, default=SHARD_SIZE, help="tokens per train shard (the last one holds the rest)")
     out.add_argument("--val_tokens", type=int, default=None,
-                     help=f"tokens in the validation split, the first shard (default: --shard_size; {EMBEDDED_VAL_TOKENS} for --embedded)")
+                     help=f"tokens in the validation split, the first shard (default: --shard_size; {EMBEDDED_VAL_TOKENS} for "
+                          "--embedded; modded-nanogpt needs 10485760 or more)")
     out.add_argument("--overwrite", action="store_true",
-                     help="if --out_dir is not empty, delete the shards and manifest in it first. Without it, a re-run into a "
-                          "non-empty --out_dir is refused and changes nothing (a killed run leaves only complete shards, "
-                          "no manifest.json)")
-    a("--num_proc", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="tokenizer worker processes (the output does not depend on it)")
+                     help="if --out_dir (or --index's folder) holds a data set already, replace its shards and manifest once "
+                          "the new set is complete; a run that fails leaves them as they were, and other files are kept. "
+                          "Without it, a run into a non-empty --out_dir is refused and changes nothing")
+    a("--index", default=None, metavar="DIR",
+      help="instead of making shards, write DIR/manifest.json for the shards already in DIR (made by llm.c, "
+           "modded-nanogpt or another tool in this format), which train_gpt2.py needs (default: none)")
+    a("--num_proc", type=int, default=available_cpus(),
+      help="tokenizer worker processes; by default every CPU this process may use (os.sched_getaffinity, which "
+           "honours taskset, cpusets and Slurm), since tokenizing is CPU-bound and reading and writing take little. "
+           "The output does not depend on it")
     a("--benchmark", action="store_true", help="instead of writing shards, time this pipeline against tiktoken's "
                                                "encode_ordinary_batch on the source's first --benchmark_docs documents")
     a("--benchmark_docs", type=int, default=2000, help="documents to benchmark on; a smaller source is cycled through")
@@ -551,26 +927,32 @@ def get_parser():
     return p
 
 
-def check_args(p, args):
+def check_args(args):
     """Validate the flags once and fill in the defaults that depend on the source."""
+    if args.index is not None:
+        given = [f for f in ("input", "out_dir", "prefix", "val_tokens", "dataset", "config") if getattr(args, f) is not None]
+        given += [f for f in ("embedded", "streaming", "benchmark") if getattr(args, f)]
+        if given:
+            raise InputError(f"--index indexes the shards already in its folder; --{given[0]} does not apply to it")
+        return args
     if args.input is not None and args.embedded:
-        p.error("--input and --embedded are two different sources; give one")
+        raise InputError("--input and --embedded are two different sources; give one")
     if args.input is not None or args.embedded:
         hub = [f for f in ("dataset", "config") if getattr(args, f) is not None] + (["streaming"] if args.streaming else [])
         if hub:
-            p.error(f"--{hub[0]} is for Hugging Face datasets; it does not apply to --input or --embedded")
+            raise InputError(f"--{hub[0]} is for Hugging Face datasets; it does not apply to --input or --embedded")
     for flag in ("shard_size", "num_proc", "benchmark_docs", "benchmark_rounds"):
         if getattr(args, flag) < 1:
-            p.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+            raise InputError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.val_tokens is not None and args.val_tokens < 1:
-        p.error(f"--val_tokens must be >= 1 (the first shard is the validation split), got {args.val_tokens}")
+        raise InputError(f"--val_tokens must be >= 1 (the first shard is the validation split), got {args.val_tokens}")
     if args.embedded:
         args.out_dir = args.out_dir or EMBEDDED_OUT_DIR
         args.prefix = args.prefix or EMBEDDED_PREFIX
         args.val_tokens = args.val_tokens or EMBEDDED_VAL_TOKENS
     elif args.input is not None:
         if args.out_dir is None and not args.benchmark:
-            p.error("--input needs --out_dir, the folder to write the shards to")
+            raise InputError("--input needs --out_dir, the folder to write the shards to")
         args.prefix = args.prefix or "local"
     else:
         args.dataset = args.dataset or DEFAULT_DATASET
@@ -579,13 +961,35 @@ def check_args(p, args):
         args.out_dir = args.out_dir or folder
         args.prefix = args.prefix or prefix
     if args.prefix and not re.fullmatch(r"[\w.-]+", args.prefix):
-        p.error(f"--prefix {args.prefix!r}: use letters, digits, '.', '-' or '_'")
+        raise InputError(f"--prefix {args.prefix!r}: use letters, digits, '.', '-' or '_'")
+    if args.out_dir is not None and not args.benchmark:
+        check_out_dir(args.out_dir, args.overwrite)  # before the source is opened: a download may take hours
     return args
 
 
-def main(argv=None):
-    p = get_parser()
-    args = check_args(p, p.parse_args(argv))
+def parse_args(argv=None):
+    return check_args(get_parser().parse_args(argv))
+
+
+def index(data_dir, overwrite=False):
+    """--index: a manifest for the shards in data_dir; refuses to replace one unless overwrite."""
+    if not os.path.isdir(data_dir):
+        raise InputError(f"--index {data_dir} is not a folder; give the folder that holds the shards")
+    if os.path.exists(os.path.join(data_dir, MANIFEST)) and not overwrite:
+        raise InputError(
+            f"--index {data_dir} already has a {MANIFEST} (a fineweb.py run's, which records the source); "
+            f"pass --overwrite to replace it with an index of the shards there"
+        )
+    manifest = write_manifest(data_dir, source={"kind": "indexed", "note": "shards made elsewhere, indexed by fineweb.py --index"})
+    n_train = sum(s["split"] == "train" for s in manifest["shards"])
+    print(f"{data_dir}/{MANIFEST}: {len(manifest['shards']) - n_train} val and {n_train} train shards, "
+          f"{manifest['tokens']:,} tokens, largest token id {max(s['max_token'] or 0 for s in manifest['shards'])}")
+    return manifest
+
+
+def run(args):
+    if args.index is not None:
+        return index(args.index, args.overwrite)
     if args.embedded:
         source, documents = embedded_source(), embedded_documents()
     elif args.input is not None:
@@ -597,6 +1001,8 @@ def main(argv=None):
 
     if args.benchmark:
         docs = list(itertools.islice(itertools.cycle(documents), args.benchmark_docs))
+        if not docs:
+            raise InputError(f"{describe(source)} has no documents to benchmark on")
         r = benchmark(docs, args.num_proc, args.benchmark_rounds)
         print(f"{r['documents']} documents, {r['tokens']:,} tokens, {r['num_proc']} processes, best of {r['rounds']}:")
         print(f"  fineweb.py pipeline:                        {r['pipeline_tok_s']:,.0f} tokens/s")
@@ -615,8 +1021,12 @@ def main(argv=None):
     return manifest
 
 
+def main(argv=None):
+    """The command line. A user's mistake (a bad flag, an unreadable input, no network for a
+    download) ends it with one line, `fineweb.py: error: ...`, and exit status 2; anything else
+    is a bug of ours and keeps its traceback."""
+    return exit_on_user_error("fineweb.py", lambda: run(parse_args(argv)))
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (InputError, FileExistsError, FileNotFoundError) as e:
-        sys.exit(f"fineweb.py: error: {e}")
+    main()

@@ -1,18 +1,22 @@
 """fineweb.py: shards hold [EOT] + encode_ordinary(doc) for every document in order, in llm.c's
 format; val first; the same output for 1 and 2 processes; .jsonl/.json/.parquet/.txt inputs agree;
-clear input errors; safe re-runs; the embedded corpus; the command line; the benchmark."""
+clear input errors; safe re-runs (--overwrite swaps a complete set in, a failed run changes
+nothing); the data-set checks the loader relies on (find_shards, check_vocab, write_manifest);
+the embedded corpus; the command line and its one-line errors; the benchmark."""
 
+import fnmatch
 import glob
 import json
 import os
+import re
 import struct
 
 import numpy as np
 import pytest
 
 import fineweb
-from fineweb import InputError, write_shards
-from model import get_tokenizer
+from fineweb import InputError, NoShardsError, ShardError, write_shards
+from model import UserError, get_tokenizer
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 SHAKESPEARE = os.path.join(DATA, "tinyshakespeare.txt")
@@ -169,9 +173,9 @@ def test_local_input_errors(tmp_path):
     import pyarrow.parquet as pq
 
     d = str(tmp_path)
-    with pytest.raises(FileNotFoundError, match="nope.jsonl: no such file"):
+    with pytest.raises(InputError, match="nope.jsonl: no such file"):
         fineweb.expand_inputs([os.path.join(d, "nope.jsonl")])
-    with pytest.raises(FileNotFoundError, match=r"\*.parquet matches no file"):
+    with pytest.raises(InputError, match=r"\*.parquet matches no file"):
         fineweb.expand_inputs([os.path.join(d, "*.parquet")])
     open(os.path.join(d, "a.csv"), "w").write("text\nhi\n")
     with pytest.raises(InputError, match=r"a.csv: cannot read '.csv' files; expected .jsonl"):
@@ -196,7 +200,21 @@ def test_local_input_errors(tmp_path):
     source = {"kind": "local", "files": [empty]}
     with pytest.raises(InputError, match=r"--input .*empty.jsonl has no documents"):
         write_shards(fineweb.local_documents([empty]), os.path.join(d, "out"), "l", source=source, progress=False)
-    assert not glob.glob(os.path.join(d, "out", "*.bin"))
+    assert not os.path.exists(os.path.join(d, "out"))
+
+    # a file that is not what its name says: one InputError naming it, whatever `datasets` raised
+    broken = os.path.join(d, "broken.jsonl")
+    open(broken, "w").write('{"text": "a"}\n{"text": "b"\n')
+    with pytest.raises(InputError, match=r"broken.jsonl: cannot read it as json \(ArrowInvalid"):
+        list(fineweb.local_documents([broken]))
+    not_parquet = os.path.join(d, "x.parquet")
+    open(not_parquet, "w").write("garbage")
+    with pytest.raises(InputError, match=r"x.parquet: cannot read it as parquet"):
+        list(fineweb.local_documents([not_parquet]))
+    latin1 = os.path.join(d, "latin1.txt")
+    open(latin1, "wb").write("café".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1.txt: cannot read them as UTF-8 text \(UnicodeDecodeError"):
+        list(fineweb.local_documents([latin1]))
 
 
 def test_too_small_for_a_train_split_is_an_error(tmp_path):
@@ -204,7 +222,7 @@ def test_too_small_for_a_train_split_is_an_error(tmp_path):
     out = str(tmp_path / "out")
     with pytest.raises(InputError, match=rf"only {n} tokens, all in the validation split \(--val_tokens {n}\).*lower --val_tokens"):
         write_shards(EDGE_DOCS, out, "e", val_tokens=n, progress=False)
-    assert os.listdir(out) == []  # nothing written
+    assert not os.path.exists(out)  # nothing written
     m = write_shards(EDGE_DOCS, out, "e", val_tokens=n - 1, progress=False)  # one token left: a train shard
     assert [s["tokens"] for s in m["shards"]] == [n - 1, 1]
 
@@ -214,31 +232,80 @@ def test_refuses_non_empty_out_dir_unless_overwrite(tmp_path):
     write_shards(EDGE_DOCS, out, "old", shard_size=50, val_tokens=50, progress=False)
     old = sorted(os.listdir(out))
     open(os.path.join(out, "notes.txt"), "w").write("mine")
-    with pytest.raises(FileExistsError, match=r"--out_dir .*out is not empty.*--overwrite"):
+    with pytest.raises(InputError, match=r"--out_dir .*out is not empty.*--overwrite"):
         write_shards(EDGE_DOCS[:2], out, "new", progress=False)
     assert sorted(os.listdir(out)) == sorted(old + ["notes.txt"])  # untouched
     m = write_shards(EDGE_DOCS[:2], out, "new", shard_size=50, val_tokens=2, progress=False, overwrite=True)
     # the old run's shards are gone (the loader would read them all), other files stay
     assert sorted(os.listdir(out)) == sorted([s["name"] for s in m["shards"]] + ["manifest.json", "notes.txt"])
     assert all_tokens(out, m) == reference(EDGE_DOCS[:2])
+    a_file = str(tmp_path / "a_file")
+    open(a_file, "w").close()
+    with pytest.raises(InputError, match=r"--out_dir .*a_file is a file"):
+        write_shards(EDGE_DOCS, a_file, "x", progress=False)
 
 
-def test_interrupted_run_leaves_only_complete_shards(shakespeare_docs, tmp_path, monkeypatch):
+def snapshot(d):
+    """Every file under d, with its bytes."""
+    return {os.path.relpath(os.path.join(root, f), d): open(os.path.join(root, f), "rb").read()
+            for root, _, files in os.walk(d) for f in files}
+
+
+def test_overwrite_swaps_in_only_a_complete_set(shakespeare_docs, tmp_path, monkeypatch, capsys):
+    """--overwrite with an input that fails half-way (a malformed .jsonl after a good one, with
+    shards already written) or that holds nothing leaves the old shards and manifest byte for
+    byte; one that succeeds replaces them and keeps the files that are not ours."""
+    d = tmp_path / "in"
+    d.mkdir()
+    good, bad, empty = (str(d / n) for n in ("good.jsonl", "bad.jsonl", "empty.jsonl"))
+    with open(good, "w") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in shakespeare_docs[:10])
+    open(bad, "w").write('{"text": "fine"}\n{"text": broken}\n')
+    open(empty, "w").close()
+    out = str(tmp_path / "out")
+    write_shards(EDGE_DOCS, out, "old", shard_size=50, val_tokens=50, progress=False)
+    open(os.path.join(out, "notes.txt"), "w").write("mine")
+    before, entries = snapshot(out), sorted(os.listdir(str(tmp_path)))
+
+    written = []
+    real_write_shard = fineweb.write_shard
+    monkeypatch.setattr(fineweb, "write_shard", lambda path, tokens: (written.append(path), real_write_shard(path, tokens)))
+    for files in ([good, bad], [empty]):
+        with pytest.raises(InputError, match="bad.jsonl: cannot read it as json" if bad in files else "has no documents"):
+            write_shards(fineweb.local_documents(files), out, "new", shard_size=200, val_tokens=100, overwrite=True,
+                         progress=False, chunk_chars=500, source={"kind": "local", "files": files})
+        assert snapshot(out) == before, files  # the old shards, manifest and notes.txt as they were
+        assert sorted(os.listdir(out)) == sorted(before) and sorted(os.listdir(str(tmp_path))) == entries  # no staging left
+    assert len(written) > 3  # the failing run had written shards of its own before it failed
+    # the command line: one line, exit 2, the same guarantee
+    with pytest.raises(SystemExit) as e:
+        fineweb.main(["--input", good, bad, "--out_dir", out, "--overwrite", "--num_proc", "1"])
+    assert e.value.code == 2 and "bad.jsonl" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+    new = fineweb.main(["--input", good, "--out_dir", out, "--prefix", "new", "--shard_size", "2000",
+                        "--val_tokens", "1000", "--overwrite", "--num_proc", "1"])
+    assert sorted(os.listdir(out)) == sorted([s["name"] for s in new["shards"]] + ["manifest.json", "notes.txt"])
+    assert fineweb.read_manifest(out) == new and open(os.path.join(out, "notes.txt")).read() == "mine"
+    assert len(fineweb.find_shards(out, "train")) == len(new["shards"]) - 1  # a data set the loader accepts
+
+
+def test_interrupted_run_leaves_nothing(shakespeare_docs, tmp_path, monkeypatch):
     def docs_then_crash():
         yield from shakespeare_docs[:20]
         raise KeyboardInterrupt
 
-    out = str(tmp_path / "out")
+    # a new --out_dir, under folders that do not exist yet: all of it goes
+    out = str(tmp_path / "a" / "b" / "out")
     with pytest.raises(KeyboardInterrupt):
         write_shards(docs_then_crash(), out, "shk", shard_size=2000, val_tokens=2000, progress=False, chunk_chars=1000)
-    names = sorted(os.listdir(out))
-    assert "manifest.json" not in names and names and all(n.endswith(".bin") for n in names)
-    ref = reference(shakespeare_docs)
-    val = [n for n in names if "_val_" in n]
-    train = sorted(n for n in names if "_train_" in n)
-    got = [t for n in val + train for t in read_raw(os.path.join(out, n))[1]]
-    assert all(fineweb.read_shard_header(os.path.join(out, n)) == 2000 for n in names)  # whole shards only
-    assert got == ref[: len(got)]
+    assert os.listdir(str(tmp_path)) == []
+    # an existing, empty one stays empty
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(docs_then_crash(), out, "shk", shard_size=2000, val_tokens=2000, progress=False, chunk_chars=1000)
+    assert os.listdir(out) == []
 
     # a crash inside a shard's write leaves a .tmp, which the loader's *_train_*.bin never matches
     def crash(src, dst):
@@ -251,9 +318,10 @@ def test_interrupted_run_leaves_only_complete_shards(shakespeare_docs, tmp_path,
     assert not os.path.exists(os.path.join(out, "x_train_000009.bin"))
     assert os.path.exists(os.path.join(out, "x_train_000009.bin.tmp"))
     assert not any(p.endswith(".tmp") for p in glob.glob(os.path.join(out, "*_train_*.bin")))
-    # and --overwrite clears such leftovers
-    fineweb.prepare_out_dir(out, overwrite=True)
-    assert os.listdir(out) == []
+    # and --overwrite clears such leftovers, and the staging folder of a killed run
+    os.makedirs(os.path.join(out, fineweb.STAGING_PREFIX + "killed"))
+    m = write_shards(EDGE_DOCS, out, "e", shard_size=50, val_tokens=50, progress=False, overwrite=True)
+    assert sorted(os.listdir(out)) == sorted([s["name"] for s in m["shards"]] + ["manifest.json"])
 
 
 def test_tokens_must_fit_uint16(tmp_path):
@@ -279,7 +347,7 @@ def test_embedded_corpus(tmp_path):
     mtime = os.path.getmtime(os.path.join(out, "pydoc_train_000001.bin"))
     assert fineweb.prepare_embedded(out) == m
     assert os.path.getmtime(os.path.join(out, "pydoc_train_000001.bin")) == mtime
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(InputError, match="--overwrite"):
         fineweb.prepare_embedded(out, val_tokens=1000)
 
 
@@ -289,24 +357,260 @@ def test_command_line(tmp_path):
     m = fineweb.main(args)
     n = m["tokens"]
     assert [s["tokens"] for s in m["shards"]] == [5000, 50000, 50000, n - 105000]
-    with pytest.raises(FileExistsError):
+    with pytest.raises(SystemExit):  # not empty (test_bad_invocations checks the message)
         fineweb.main(args)
     assert fineweb.main(args[:-2] + ["--val_tokens", "6000", "--overwrite"])["shards"][0]["tokens"] == 6000
     assert len(glob.glob(os.path.join(out, "*.bin"))) == 4
 
-    p = fineweb.get_parser()
-    for bad in (["--embedded", "--input", "a.txt"], ["--embedded", "--config", "sample-100BT"], ["--embedded", "--streaming"],
-                ["--embedded", "--shard_size", "0"], ["--embedded", "--val_tokens", "0"], ["--input", "a.txt"],
-                ["--embedded", "--prefix", "a/b"]):
-        with pytest.raises(SystemExit):
-            fineweb.check_args(p, p.parse_args(bad))
-    help_text = p.format_help()
-    assert "--overwrite" in help_text and "refused" in help_text and "pydoc_data.topics" in help_text
-
-    a = fineweb.check_args(p, p.parse_args([]))
+    a = fineweb.parse_args([])
     assert (a.dataset, a.config, a.out_dir, a.prefix) == ("HuggingFaceFW/fineweb-edu", "sample-10BT", "edu_fineweb10B", "edufineweb")
-    a = fineweb.check_args(p, p.parse_args(["--dataset", "HuggingFaceFW/fineweb", "--config", "sample-100BT"]))
+    a = fineweb.parse_args(["--dataset", "HuggingFaceFW/fineweb", "--config", "sample-100BT"])
     assert (a.out_dir, a.prefix) == ("fineweb100B", "fineweb")
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "good.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in EDGE_DOCS))
+    (d / "bad.jsonl").write_text('{"text": "a"}\n{"text": oops}\n')
+    (d / "empty.jsonl").write_text("")
+    (d / "notext.jsonl").write_text('{"body": "a"}\n')
+    (d / "a.csv").write_text("text\nhi\n")
+    (d / "a_file").write_text("")
+    return str(d)
+
+
+# {d}: a folder of inputs (bad_inputs), {out}: an --out_dir that does not exist
+BAD_INVOCATIONS = [
+    (["--num_proc", "0"], "--num_proc must be >= 1, got 0"),
+    (["--num_proc", "two"], "argument --num_proc: invalid int value: 'two'"),
+    (["--shard_size", "-1"], "--shard_size must be >= 1, got -1"),
+    (["--val_tokens", "0"], "--val_tokens must be >= 1"),
+    (["--benchmark_rounds", "0"], "--benchmark_rounds must be >= 1"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--embedded", "--input", "{d}/good.jsonl"], "--input and --embedded are two different sources"),
+    (["--embedded", "--config", "sample-100BT"], "--config is for Hugging Face datasets"),
+    (["--input", "{d}/good.jsonl", "--streaming", "--out_dir", "{out}"], "--streaming is for Hugging Face datasets"),
+    (["--input", "{d}/good.jsonl"], "--input needs --out_dir"),
+    (["--embedded", "--prefix", "a/b", "--out_dir", "{out}"], "--prefix 'a/b'"),
+    (["--input", "{d}/missing.jsonl", "--out_dir", "{out}"], "--input {d}/missing.jsonl: no such file"),
+    (["--input", "{d}/*.parquet", "--out_dir", "{out}"], "--input {d}/*.parquet matches no file"),
+    (["--input", "{d}", "--out_dir", "{out}"], "--input {d} is a folder"),
+    (["--input", "{d}/a.csv", "--out_dir", "{out}"], "--input {d}/a.csv: cannot read '.csv' files"),
+    (["--input", "{d}/good.jsonl", "{d}/bad.jsonl", "--out_dir", "{out}"], "--input {d}/bad.jsonl: cannot read it as json"),
+    (["--input", "{d}/notext.jsonl", "--out_dir", "{out}"], "--input {d}/notext.jsonl has no 'text' field"),
+    (["--input", "{d}/empty.jsonl", "--out_dir", "{out}"], "--input {d}/empty.jsonl has no documents"),
+    (["--input", "{d}/good.jsonl", "--out_dir", "{out}", "--val_tokens", "100000"], "lower --val_tokens"),
+    (["--input", "{d}/good.jsonl", "--out_dir", "{d}/a_file"], "--out_dir {d}/a_file is a file"),
+    (["--input", "{d}/good.jsonl", "--out_dir", "{d}"], "--out_dir {d} is not empty"),
+    (["--index", "{d}/nowhere"], "--index {d}/nowhere is not a folder"),
+    (["--index", "{d}"], "{d} holds no shards"),
+    (["--index", "{d}", "--prefix", "x"], "--prefix does not apply"),
+    ([], "--dataset HuggingFaceFW/fineweb-edu --config sample-10BT: Couldn't reach"),  # no network (a stand-in)
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INVOCATIONS, ids=[" ".join(a) or "no-network" for a, _ in BAD_INVOCATIONS])
+def test_bad_invocations(bad_inputs, tmp_path, monkeypatch, capsys, argv, message):
+    """Each user mistake ends the command line with one line that names the flag or file, exit
+    status 2, no traceback, and nothing left on disk."""
+    import datasets
+
+    def unreachable(*a, **k):  # what `datasets` raises without a network (the real one retries for ~25 s)
+        raise ConnectionError("Couldn't reach 'HuggingFaceFW/fineweb-edu' on the Hub (LocalEntryNotFoundError)")
+
+    if not argv:
+        monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    monkeypatch.chdir(tmp_path)  # where the default --out_dir would go
+    d, out = bad_inputs, str(tmp_path / "out")
+    inputs_before = sorted(os.listdir(d))
+    with pytest.raises(SystemExit) as e:
+        fineweb.main([a.format(d=d, out=out) for a in argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("fineweb.py: error: "), err
+    assert message.format(d=d) in err
+    assert sorted(os.listdir(str(tmp_path))) == ["in"] and sorted(os.listdir(d)) == inputs_before  # nothing made
+    if not argv:
+        assert "needs the network" in err and "--input" in err and "--embedded" in err
+
+
+def test_help_gives_every_flag_a_text_and_its_default():
+    p = fineweb.get_parser()
+    formatter = fineweb.HelpFormatter("fineweb.py")
+    for action in p._actions:
+        if action.dest == "help":
+            continue
+        text = formatter._get_help_string(action)
+        assert action.help, action.dest
+        # a fixed default is shown by the formatter; one that depends on other flags is said in words
+        assert "%(default)s" in text if action.default is not None else "default" in text, action.dest
+    help_text = p.format_help()
+    assert "(default: 100000000)" in help_text and "--overwrite" in help_text and "pydoc_data.topics" in help_text
+
+
+def test_llmc_names(tmp_path):
+    """--prefix edu_fineweb gives the names llm.c's train_gpt2.cu globs, edu_fineweb_{train,val}_*.bin,
+    and --help says so, as it says what modded-nanogpt needs."""
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in EDGE_DOCS))
+    out = str(tmp_path / "edu_fineweb10B")
+    m = fineweb.main(["--input", str(src), "--out_dir", out, "--prefix", "edu_fineweb", "--shard_size", "60",
+                      "--val_tokens", "40", "--num_proc", "1"])
+    names = sorted(os.listdir(out))
+    assert fnmatch.filter(names, "edu_fineweb_val_*.bin") == ["edu_fineweb_val_000000.bin"]
+    train = fnmatch.filter(names, "edu_fineweb_train_*.bin")
+    assert train == [s["name"] for s in m["shards"][1:]] and len(train) >= 2
+    help_text = fineweb.get_parser().format_help()
+    assert "--prefix edu_fineweb" in help_text and "edu_fineweb_{train,val}_*.bin" in help_text
+    assert "10,485,760" in help_text and "nproc*B*T+1" in help_text
+
+
+def test_num_proc_default_is_the_cpus_this_process_may_use(monkeypatch):
+    if hasattr(os, "sched_getaffinity"):
+        assert fineweb.get_parser().get_default("num_proc") == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(fineweb.os, "sched_getaffinity", lambda pid: {3}, raising=False)  # e.g. taskset -c 3
+    monkeypatch.setattr(fineweb.os, "cpu_count", lambda: 6)
+    assert fineweb.available_cpus() == 1
+    monkeypatch.delattr(fineweb.os, "sched_getaffinity")  # macOS, Windows
+    assert fineweb.available_cpus() == 6
+
+
+# -----------------------------------------------------------------------------
+# the data-set checks train_gpt2.py's loader relies on
+
+
+def make_data_set(tmp_path):
+    d = str(tmp_path / "ds")
+    return d, write_shards(EDGE_DOCS, d, "e", shard_size=40, val_tokens=30, progress=False)
+
+
+def test_find_shards_accepts_a_complete_data_set(tmp_path):
+    d, m = make_data_set(tmp_path)
+    names = [s["name"] for s in m["shards"]]
+    assert fineweb.find_shards(d, "val") == [os.path.join(d, names[0])]
+    assert fineweb.find_shards(d, "train", vocab_size=50257) == [os.path.join(d, n) for n in names[1:]]
+    # max_token per shard, from the reference's tokens
+    ref = np.array(reference(EDGE_DOCS))
+    bounds = np.cumsum([0] + [s["tokens"] for s in m["shards"]])
+    assert [s["max_token"] for s in m["shards"]] == [int(ref[a:b].max()) for a, b in zip(bounds, bounds[1:])]
+    assert fineweb.check_vocab(d, 50257) == ref.max() == EOT
+
+
+def add_second_prefix(d, m):
+    fineweb.write_shard(os.path.join(d, "other_train_000001.bin"), np.arange(50))
+
+
+def add_unlisted_shard(d, m):
+    fineweb.write_shard(os.path.join(d, "e_train_000099.bin"), np.arange(50))
+
+
+def remove_manifest(d, m):
+    os.remove(os.path.join(d, "manifest.json"))
+
+
+def remove_last_shard(d, m):
+    os.remove(os.path.join(d, m["shards"][-1]["name"]))
+
+
+def replace_a_shard(d, m):
+    fineweb.write_shard(os.path.join(d, m["shards"][1]["name"]), np.arange(7))
+
+
+def break_manifest(d, m):
+    open(os.path.join(d, "manifest.json"), "w").write("{not json")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (add_second_prefix, "holds shards of 2 data sets (prefixes e, other)"),
+    (add_unlisted_shard, "holds 1 shard(s) that its manifest.json does not list (e_train_000099.bin)"),
+    (remove_manifest, "has shards but no manifest.json: the fineweb.py run that wrote them did not finish"),
+    (remove_last_shard, "has {k} of the {n} shards its manifest.json lists"),
+    (replace_a_shard, "e_train_000001.bin has 7 tokens but"),
+    (break_manifest, "manifest.json is not a manifest that fineweb.py wrote"),
+])
+def test_find_shards_refuses_a_mixed_or_unfinished_data_set(tmp_path, damage, message):
+    d, m = make_data_set(tmp_path)
+    damage(d, m)
+    for check in (lambda: fineweb.find_shards(d, "train"), lambda: fineweb.check_vocab(d, 50257)):
+        with pytest.raises(ShardError) as e:
+            check()
+        msg = str(e.value)
+        assert message.format(k=len(m["shards"]) - 1, n=len(m["shards"])) in msg, msg
+        assert d in msg and "fineweb.py" in msg  # names the folder, says how to fix it
+        assert isinstance(e.value, UserError)
+
+
+def test_missing_folder_or_split(tmp_path):
+    with pytest.raises(NoShardsError, match=r"--data_dir .*nowhere does not exist.*python fineweb.py --out_dir") as e:
+        fineweb.find_shards(str(tmp_path / "nowhere"), "train")
+    assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, ShardError)  # as train_gpt2's tests expect
+    d = str(tmp_path / "valonly")
+    os.makedirs(d)
+    fineweb.write_shard(os.path.join(d, "t_val_000000.bin"), np.arange(100))
+    fineweb.write_manifest(d)
+    with pytest.raises(NoShardsError, match=r"valonly has no train shards \(\*_train_\*.bin\)"):
+        fineweb.find_shards(d, "train")
+    assert fineweb.find_shards(d, "val") == [os.path.join(d, "t_val_000000.bin")]
+
+
+def test_token_ids_beyond_the_vocabulary_are_refused(tmp_path):
+    d = str(tmp_path / "v")
+    os.makedirs(d)
+    fineweb.write_shard(os.path.join(d, "v_val_000000.bin"), np.arange(100))
+    fineweb.write_shard(os.path.join(d, "v_train_000001.bin"), np.arange(100))
+    bad = os.path.join(d, "v_train_000002.bin")
+    fineweb.write_shard(bad, np.r_[np.arange(99), 700])
+    fineweb.write_manifest(d)
+    assert fineweb.check_vocab(d, 701) == 700 and fineweb.check_vocab(d, 100, "val") == 99
+    for check in (lambda: fineweb.check_vocab(d, 700), lambda: fineweb.find_shards(d, "train", vocab_size=512)):
+        with pytest.raises(ShardError, match=re.escape(f"shard {bad} holds token id 700 (its max_token in manifest.json), "
+                                                       "but the model's vocab_size is")):
+            check()
+    # the loader's own check, when it loads the shard
+    with pytest.raises(ShardError, match=re.escape(f"shard {bad} holds token id 700, but the model's vocab_size is 700")):
+        fineweb.load_shard(bad, vocab_size=700)
+    assert len(fineweb.load_shard(bad, vocab_size=701)) == 100
+    # a manifest without max_token (an older fineweb.py's): the shards are read instead
+    manifest = fineweb.read_manifest(d)
+    for s in manifest["shards"]:
+        del s["max_token"]
+    json.dump(manifest, open(os.path.join(d, "manifest.json"), "w"))
+    with pytest.raises(ShardError, match=re.escape(f"shard {bad} holds token id 700, but")):
+        fineweb.check_vocab(d, 700)
+    assert fineweb.check_vocab(d, 701) == 700
+
+
+def test_write_manifest_indexes_shards_of_another_tool(tmp_path, capsys):
+    """Shards as llm.c's fineweb.py leaves them (the same format, edu_fineweb_* names, no
+    manifest): the loader refuses them until write_manifest (or --index) has indexed them."""
+    d = str(tmp_path / "edu_fineweb10B")
+    os.makedirs(d)
+    stream = np.array([EOT, 1, 2, 3, EOT, 5, EOT, 300, 301, 302, 303, 304])  # three documents
+    fineweb.write_shard(os.path.join(d, "edu_fineweb_val_000000.bin"), stream[:5])
+    fineweb.write_shard(os.path.join(d, "edu_fineweb_train_000001.bin"), stream[5:9])
+    fineweb.write_shard(os.path.join(d, "edu_fineweb_train_000002.bin"), stream[9:])
+    with pytest.raises(ShardError, match=r"no manifest.json.*python fineweb.py --index"):
+        fineweb.find_shards(d, "train")
+    m = fineweb.write_manifest(d)
+    assert [(s["name"], s["split"], s["tokens"], s["documents"], s["max_token"]) for s in m["shards"]] == [
+        ("edu_fineweb_val_000000.bin", "val", 5, 2, EOT),
+        ("edu_fineweb_train_000001.bin", "train", 4, 1, EOT),
+        ("edu_fineweb_train_000002.bin", "train", 3, 0, 304),
+    ]
+    assert (m["tokens"], m["documents"], m["val_tokens"], m["shard_size"]) == (12, 3, 5, 4)
+    assert fineweb.read_manifest(d) == m
+    assert fineweb.find_shards(d, "train") == [os.path.join(d, f"edu_fineweb_train_00000{i}.bin") for i in (1, 2)]
+    # the command line: --index replaces a manifest only with --overwrite
+    with pytest.raises(SystemExit) as e:
+        fineweb.main(["--index", d])
+    assert e.value.code == 2 and "already has a manifest.json" in capsys.readouterr().err
+    assert fineweb.main(["--index", d, "--overwrite"])["shards"] == m["shards"]
+    # shards of two data sets are not indexed as one
+    fineweb.write_shard(os.path.join(d, "other_train_000001.bin"), [1, 2])
+    with pytest.raises(ShardError, match="holds shards of 2 data sets"):
+        fineweb.write_manifest(d)
 
 
 def test_names_match_train_gpt2_defaults():
