@@ -55,6 +55,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import time
 import urllib.error
 import urllib.request
@@ -532,8 +533,11 @@ def load_for_eval(name_or_path, device):
         try:
             gpt = load_model(name_or_path, device)
         except Exception as e:  # a user's file fails in many ways: unpickling, missing keys, shapes
+            # torch's own message for an unreadable file suggests weights_only=False, which would let
+            # a stranger's file run code: not advice to pass on
+            why = "torch.load cannot read it" if isinstance(e, pickle.UnpicklingError) else _one_line(e)
             raise ModelLoadError(
-                f"--model {name_or_path}: could not load it as a train_gpt2.py checkpoint ({_one_line(e)}); give a "
+                f"--model {name_or_path}: could not load it as a train_gpt2.py checkpoint ({why}); give a "
                 f"model_XXXXX.pt that train_gpt2.py wrote, a Hugging Face GPT-2 directory, or one of "
                 f"{', '.join(HF_GPT2_NAMES)}"
             ) from e

@@ -581,7 +581,7 @@ BAD_INVOCATIONS = [
     (["--model", "{no_model}", "--file", "{good}"], "--model {no_model} is neither one of gpt2"),
     (["--model", "{no_config}", "--file", "{good}"], "--model {no_config} is a directory without config.json"),
     (["--model", "{not_ckpt}", "--file", "{good}", "--device", "cpu"],
-     "--model {not_ckpt}: could not load it as a train_gpt2.py checkpoint"),
+     "--model {not_ckpt}: could not load it as a train_gpt2.py checkpoint (torch.load cannot read it)"),
     (["--model", "{broken_hf}", "--file", "{good}", "--device", "cpu"],
      "--model {broken_hf}: could not load it as a Hugging Face GPT-2 directory"),
     (["--model", "{hf}", "--file", "{unlabeled}", "--device", "cpu"], "{unlabeled} line 1: no 'label'"),
