@@ -651,9 +651,16 @@ def benchmark(model, examples, device, batch_size=BATCH_SIZE, autocast=contextli
 # command line
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's own errors (an unknown flag, a number that is not one) raised as UserErrors, so
+    that they reach the user in one line like every other mistake."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see python hellaswag.py --help)")
+
+
 def get_parser():
-    p = argparse.ArgumentParser(prog="hellaswag.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="hellaswag.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--model", default="gpt2",
       help=f"{'|'.join(HF_GPT2_NAMES)} (OpenAI's, from the Hugging Face hub) or a local Hugging Face GPT-2 directory, "
@@ -818,10 +825,10 @@ def run(args):
 
 
 def main(argv=None):
-    """The command line; a user's mistake ends it with one line, `hellaswag.py: error: ...`, and
-    exit status 2 (argparse's own errors, such as an unknown flag, add its usage line above)."""
-    args = get_parser().parse_args(argv)
-    return exit_on_user_error("hellaswag.py", run, args)
+    """The command line. A user's mistake (a bad flag, a missing or malformed file, a --model that
+    is not a model, no network for a download) ends it with one line, `hellaswag.py: error: ...`,
+    and exit status 2; anything else is a bug of ours and keeps its traceback."""
+    return exit_on_user_error("hellaswag.py", lambda: run(get_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
