@@ -1,23 +1,27 @@
 """
 Train GPT-2 (124M by default) on FineWeb-Edu token shards, with build-nanogpt's recipe.
 
-The small run on CPU, offline, on the embedded corpus (prepared on first use):
+The small run on CPU, offline, on the embedded corpus (prepared on first use), in one process
+or several:
 
     python train_gpt2.py --preset cpu
+    torchrun --standalone --nproc_per_node=2 train_gpt2.py --preset cpu
 
 GPT-2 124M on 10B tokens of FineWeb-Edu (make the shards first with fineweb.py):
 
     python fineweb.py                                              # -> edu_fineweb10B/
     torchrun --standalone --nproc_per_node=8 train_gpt2.py         # one node, 8 GPUs
-    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train_gpt2.py
+    # two nodes of 8 GPUs: 16 ranks * 32 * 1024 tokens = the 524288 of one step, with no accumulation
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train_gpt2.py --batch_size 32
 
-Resume the newest checkpoint in --log_dir, or a given one:
+Resume the newest checkpoint in --log_dir (on any number of GPUs: the total batch is kept and
+grad_accum_steps re-derived), or a given one:
 
     torchrun --standalone --nproc_per_node=8 train_gpt2.py --resume
     python train_gpt2.py --resume log/model_05000.pt
 
-Every flag is listed by --help. Outputs in --log_dir: log.jsonl (one JSON object per event),
-loss.png (train/val loss and HellaSwag), model_XXXXX.pt checkpoints.
+Every flag is listed, with its default, by --help. Outputs in --log_dir: log.jsonl (one JSON
+object per event), loss.png (train/val loss and HellaSwag), model_XXXXX.pt checkpoints.
 """
 
 import argparse
@@ -26,10 +30,10 @@ import glob
 import json
 import math
 import os
-import random
 import re
 import sys
 import time
+import uuid
 from dataclasses import asdict
 
 import numpy as np
@@ -37,99 +41,81 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from fineweb import ShardError, load_shard
-from model import GPT, GPTConfig, get_tokenizer, generate
+import hellaswag
+from fineweb import EMBEDDED_OUT_DIR, ShardError, find_shards, load_shard, prepare_embedded, read_shard_header
+from model import GPT, GPTConfig, UserError, default_device, exit_on_user_error, generate, get_tokenizer
 
 # -----------------------------------------------------------------------------
 # data loader
 
 
-def find_shards(data_dir, split):
-    """Sorted shard paths of one split ('train' or 'val') in data_dir, as fineweb.py names them."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(
-            f"--data_dir {data_dir} does not exist; make shards with fineweb.py "
-            f"(python fineweb.py --out_dir {data_dir})"
-        )
-    shards = sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
-    if not shards:
-        raise FileNotFoundError(
-            f"--data_dir {data_dir} has no {split} shards (*_{split}_*.bin); make them with fineweb.py"
-        )
-    return shards
-
-
 class DataLoaderLite:
-    """(B, T) batches from token shards. Rank r of W reads chunks r, r+W, r+2W, ... of B*T tokens
-    (plus one for the shifted targets), so the W ranks together read exactly what one process
-    would read in W consecutive calls."""
+    """(B, T) batches from token shards. An optimizer step reads step_tokens consecutive tokens
+    (plus one, for the shifted targets) as chunks of B*T: micro-step m of rank r reads chunk
+    m * num_processes + r. Which tokens a step sees depends on step_tokens alone, not on how the
+    ranks and micro-steps split it, so a run resumes exactly on another number of GPUs."""
 
-    def __init__(self, B, T, process_rank, num_processes, split, data_dir):
+    def __init__(self, B, T, process_rank, num_processes, split, data_dir, step_tokens=None, vocab_size=None):
         self.B, self.T = B, T
         self.process_rank, self.num_processes = process_rank, num_processes
-        self.shards = find_shards(data_dir, split)
-        # check every shard up front: a bad file should fail at start-up, not hours in
-        need = B * T * num_processes + 1
+        self.step_tokens = step_tokens or B * T * num_processes  # validation: one micro-step a step
+        assert self.step_tokens % (B * T * num_processes) == 0, "check_args guarantees a whole number of micro-steps"
+        self.vocab_size = vocab_size
+        # the data set is checked whole (one finished fineweb.py run, token ids < vocab_size)
+        self.shards = find_shards(data_dir, split, vocab_size)
+        # check every shard's size up front: a bad file should fail at start-up, not hours in
         for path in self.shards:
-            ntok = len(load_shard(path))
-            if ntok < need:
+            ntok = read_shard_header(path)
+            if ntok < self.step_tokens + 1:
                 raise ShardError(
-                    f"shard {path} has {ntok} tokens, fewer than batch_size*seq_len*world_size + 1 "
-                    f"= {B}*{T}*{num_processes} + 1 = {need} needed for one step; regenerate it with "
-                    f"fineweb.py with a larger --shard_size (or --val_tokens), or lower --batch_size/--seq_len"
+                    f"shard {path} has {ntok} tokens, fewer than the {self.step_tokens} + 1 that one step reads; "
+                    f"regenerate it with fineweb.py with a larger --shard_size (or --val_tokens), or lower "
+                    f"--total_batch_size (or --batch_size and --val_steps for validation)"
                 )
         self.reset()
 
     def reset(self):
-        self._seek(0, 0)
-
-    def _seek(self, shard, step_start):
-        # step_start is where the current step's chunks begin; this rank reads at an offset of
-        # process_rank chunks from it
-        self.current_shard = shard
-        self.tokens = load_shard(self.shards[shard])
-        self.current_position = step_start + self.B * self.T * self.process_rank
+        self.load_state_dict({"shard": 0, "position": 0})
 
     def state_dict(self):
-        """Where the next step starts, the same on every rank; load_state_dict continues exactly."""
-        return {"shard": self.current_shard, "position": self.current_position - self.B * self.T * self.process_rank}
+        """Where the next step starts: the same on every rank, for any number of ranks."""
+        assert self.micro_step == 0, "saved between steps only"
+        return {"shard": self.shard, "position": self.position}
 
     def load_state_dict(self, state):
-        if not 0 <= state["shard"] < len(self.shards):
-            raise ValueError(
-                f"data loader state points at shard {state['shard']} but {len(self.shards)} shards exist; "
-                f"was the data directory regenerated since the checkpoint?"
+        shard, position = state["shard"], state["position"]
+        if not 0 <= shard < len(self.shards):
+            raise ShardError(
+                f"the checkpoint's data position is shard {shard}, but {len(self.shards)} shards exist; "
+                f"resume on the data the run started with (was the data directory regenerated?)"
             )
-        # the step must fit as next_batch leaves it: a position saved with another batch_size,
-        # seq_len or world_size (or from other shards) would otherwise fail later inside a reshape
-        need = self.B * self.T * self.num_processes + 1
-        ntok = len(load_shard(self.shards[state["shard"]]))
-        if not 0 <= state["position"] <= ntok - need:
-            raise ValueError(
-                f"data loader state: position {state['position']} in shard {self.shards[state['shard']]} "
-                f"({ntok} tokens) leaves no room for a step of {need} tokens; resume with the batch_size, "
-                f"seq_len and world_size (number of processes) of the checkpoint's run, on the same shards"
+        self.shard, self.tokens = shard, load_shard(self.shards[shard], vocab_size=self.vocab_size)
+        if not 0 <= position <= len(self.tokens) - (self.step_tokens + 1):
+            raise ShardError(
+                f"the checkpoint's data position {position} in {self.shards[shard]} ({len(self.tokens)} tokens) "
+                f"leaves no room for a step of {self.step_tokens} tokens; resume with the --total_batch_size "
+                f"of the checkpoint's run, on the same shards"
             )
-        self._seek(state["shard"], state["position"])
+        self.position, self.micro_step = position, 0
 
     def next_batch(self):
         B, T = self.B, self.T
-        chunk = self.tokens[self.current_position : self.current_position + B * T + 1]
-        buf = torch.from_numpy(chunk.astype(np.int64))
+        start = self.position + (self.micro_step * self.num_processes + self.process_rank) * B * T
+        buf = torch.from_numpy(self.tokens[start : start + B * T + 1].astype(np.int64))
         x = buf[:-1].view(B, T)  # inputs
         y = buf[1:].view(B, T)  # targets: the next token at every position
-        self.current_position += B * T * self.num_processes
-        # move on when the next step's chunks (of all ranks, so that the ranks switch together)
-        # would run past the end of the shard; the tail that cannot fill a whole step is skipped,
-        # and after the last shard we wrap around to the first
-        step_start = self.current_position - B * T * self.process_rank
-        if step_start + B * T * self.num_processes + 1 > len(self.tokens):
-            self._seek((self.current_shard + 1) % len(self.shards), 0)
+        self.micro_step += 1
+        if self.micro_step * B * T * self.num_processes == self.step_tokens:  # the step is complete
+            self.position, self.micro_step = self.position + self.step_tokens, 0
+            # the tail of a shard that cannot hold a whole step is skipped; after the last shard
+            # we wrap around to the first
+            if self.position + self.step_tokens + 1 > len(self.tokens):
+                self.load_state_dict({"shard": (self.shard + 1) % len(self.shards), "position": 0})
         return x, y
 
 
 # -----------------------------------------------------------------------------
-# learning rate schedule and FLOPs
+# learning rate schedule
 
 
 def get_lr(step, max_lr, min_lr, warmup_steps, max_steps):
@@ -144,36 +130,60 @@ def get_lr(step, max_lr, min_lr, warmup_steps, max_steps):
     return min_lr + coeff * (max_lr - min_lr)
 
 
-def flops_per_token(config, seq_len):
-    """Training FLOPs per token: 6 per parameter of the matmuls (2 forward, 4 backward), plus
-    attention's QK^T and AV, 6 * 2 * n_layer * seq_len * n_embd (the PaLM paper's appendix B
-    formula). The position embedding is a lookup, so its parameters do no FLOPs; the token
-    embedding's do, as the lm_head that it is tied to."""
-    V, C, L = config.vocab_size, config.n_embd, config.n_layer
-    n = V * C + L * (12 * C * C + 13 * C) + 2 * C  # every parameter but wpe's
-    return 6 * n + 12 * L * seq_len * C
+# -----------------------------------------------------------------------------
+# devices. Each decision takes what it depends on (a device name, a GPU count), so that a CPU
+# test can call it with a GPU's values
 
-
-# dense (no sparsity) peak FLOP/s from the vendors' datasheets, by the name torch reports
-GPU_PEAK_FLOPS = {  # name fragment: {dtype: FLOP/s}
-    "H200": {"bfloat16": 989e12, "float32": 494.5e12},  # float32 = TF32 tensor cores
-    "H100 PCIe": {"bfloat16": 756e12, "float32": 378e12},
-    "H100": {"bfloat16": 989e12, "float32": 494.5e12},  # SXM
-    "A100": {"bfloat16": 312e12, "float32": 156e12},
-    "A10G": {"bfloat16": 70e12, "float32": 35e12},
-    "L40S": {"bfloat16": 362e12, "float32": 181e12},
-    "L4": {"bfloat16": 121e12, "float32": 60e12},
-    "RTX 4090": {"bfloat16": 165e12, "float32": 82.6e12},
-    "RTX 3090": {"bfloat16": 71e12, "float32": 35.6e12},
-    "V100": {"bfloat16": 125e12, "float32": 15.7e12},  # no bf16 units: fp16 tensor cores
-}
+# dense (no sparsity) tensor-core peaks from NVIDIA's datasheets, FLOP/s per GPU. "float32" is
+# TF32, which training enables for float32 matmuls; None: the card has no such units. Keys are
+# tokens of torch.cuda.get_device_name(), all of which must be present; the first match wins,
+# so a more specific entry comes before a less specific one
+GPU_PEAK_FLOPS = [
+    # H100 NVL: BF16 1,671 / TF32 835 TFLOPS with sparsity
+    (("H100", "NVL"), {"bfloat16": 835.5e12, "float16": 835.5e12, "float32": 417.5e12}),
+    # H100 PCIe: BF16 1,513 / TF32 756 with sparsity
+    (("H100", "PCIe"), {"bfloat16": 756.5e12, "float16": 756.5e12, "float32": 378e12}),
+    # H100 SXM5 ("NVIDIA H100 80GB HBM3"): BF16 1,979 / TF32 989 with sparsity
+    (("H100",), {"bfloat16": 989.5e12, "float16": 989.5e12, "float32": 494.5e12}),
+    # H200 NVL: as H100 NVL
+    (("H200", "NVL"), {"bfloat16": 835.5e12, "float16": 835.5e12, "float32": 417.5e12}),
+    # H200 SXM and GH200 (an H100/H200 GPU beside a Grace CPU): as H100 SXM
+    (("H200",), {"bfloat16": 989.5e12, "float16": 989.5e12, "float32": 494.5e12}),
+    (("GH200",), {"bfloat16": 989.5e12, "float16": 989.5e12, "float32": 494.5e12}),
+    # HGX B200: BF16 4.5 / TF32 2.2 PFLOPS with sparsity
+    (("B200",), {"bfloat16": 2250e12, "float16": 2250e12, "float32": 1100e12}),
+    # A100 SXM4 and PCIe: BF16 312 / TF32 156 dense
+    (("A100",), {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12}),
+    # A10: BF16 125 / TF32 62.5 dense (the A10G of AWS is another card, not in the table)
+    (("A10",), {"bfloat16": 125e12, "float16": 125e12, "float32": 62.5e12}),
+    # L40S: BF16 362 / TF32 183 dense; L40: 181 / 90.5; L4: 121 / 60
+    (("L40S",), {"bfloat16": 362e12, "float16": 362e12, "float32": 183e12}),
+    (("L40",), {"bfloat16": 181e12, "float16": 181e12, "float32": 90.5e12}),
+    (("L4",), {"bfloat16": 121e12, "float16": 121e12, "float32": 60e12}),
+    # GeForce RTX 4090: FP16/BF16 with FP32 accumulate 165 / TF32 82.6 dense
+    (("RTX", "4090"), {"bfloat16": 165e12, "float16": 165e12, "float32": 82.6e12}),
+    # GeForce RTX 3090: BF16 with FP32 accumulate 71 / TF32 35.6 dense
+    (("RTX", "3090"), {"bfloat16": 71e12, "float16": 71e12, "float32": 35.6e12}),
+    # V100 (Volta): FP16 tensor cores only, no BF16 or TF32 units: SXM2 125 FP16, 15.7 FP32; PCIe 112, 14
+    (("V100", "SXM2"), {"bfloat16": None, "float16": 125e12, "float32": 15.7e12}),
+    (("V100",), {"bfloat16": None, "float16": 112e12, "float32": 14e12}),
+    # T4 (Turing): FP16 tensor cores 65, FP32 8.1; no BF16 or TF32
+    (("T4",), {"bfloat16": None, "float16": 65e12, "float32": 8.1e12}),
+]
 
 
 def gpu_peak_flops(device_name, dtype):
-    """The datasheet peak of the GPU named device_name, or None for a card not in the table."""
-    for fragment in sorted(GPU_PEAK_FLOPS, key=len, reverse=True):  # 'H100 PCIe' before 'H100'
-        if fragment in device_name:
-            return GPU_PEAK_FLOPS[fragment][dtype]
+    """The datasheet peak of the GPU named device_name (as torch.cuda.get_device_name() says it)
+    for dtype, or None for a card not in the table (MFU is then not reported). A MIG slice
+    ("... MIG 3g.40gb") has g of the GPU's 7 compute slices."""
+    tokens = set(re.split(r"[\s\-_]+", device_name.upper()))
+    for keys, peaks in GPU_PEAK_FLOPS:
+        if all(k.upper() in tokens for k in keys):
+            peak = peaks[dtype]
+            mig = re.search(r"\bMIG (\d)g\.", device_name)
+            if peak is not None and mig:
+                peak *= int(mig.group(1)) / 7
+            return peak
     return None
 
 
@@ -192,6 +202,16 @@ def measure_peak_flops(device, dtype, n=4096, repeats=5):
     return 2 * n**3 / best
 
 
+def configure_tf32(device_type):
+    """TF32 tensor cores for float32 matmuls on CUDA (10 bits of mantissa, plenty for training).
+    Set through the one flag that leaves both of torch's APIs readable: setting only the newer
+    torch.backends.cuda.matmul.fp32_precision makes torch.get_float32_matmul_precision() and
+    allow_tf32 raise ("mix of the legacy and new APIs"), which torch.compile reads in places.
+    Not on CPU, where the global setting would also lower mkldnn's float32 matmuls."""
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
 def sync(device):
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
@@ -199,19 +219,111 @@ def sync(device):
         torch.mps.synchronize()
 
 
+def resolve_device(device_arg, ddp, local_rank, cuda_count, mps_available):
+    """The torch device of this process for --device; a UserError for one the machine lacks."""
+    if device_arg == "auto":
+        device_arg = "cuda" if cuda_count else "mps" if mps_available else "cpu"
+    kind, _, index = device_arg.partition(":")
+    if kind not in ("cuda", "mps", "cpu") or (index and not index.isdigit()):
+        raise UserError(f"--device {device_arg}: expected auto, cuda, cuda:N, mps or cpu")
+    if kind == "cuda":
+        if cuda_count == 0:
+            raise UserError(f"--device {device_arg}: this machine has no CUDA GPU (torch sees none); use --device cpu")
+        if ddp:
+            if index:
+                raise UserError(f"--device {device_arg}: under torchrun each process takes the GPU of its LOCAL_RANK; say --device cuda")
+            index = str(local_rank)  # one process per GPU
+        index = int(index or 0)
+        if index >= cuda_count:
+            raise UserError(f"--device: GPU {index} does not exist, torch sees {cuda_count}; "
+                            f"start at most {cuda_count} processes per node (--nproc_per_node)")
+        return f"cuda:{index}"
+    if kind == "mps":
+        if not mps_available:
+            raise UserError("--device mps: this machine has no Apple GPU; use --device cpu")
+        if ddp:
+            raise UserError("--device mps does not run under torchrun; use cuda (NCCL) or cpu (gloo)")
+    return kind
+
+
+def setup_distributed(device_arg):
+    """(ddp, rank, world_size, device) from torchrun's environment."""
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    device = resolve_device(device_arg, ddp, local_rank, torch.cuda.device_count(), mps)
+    if ddp:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl", device_id=torch.device(device))
+        else:
+            dist.init_process_group(backend="gloo")
+    return ddp, rank, world_size, device
+
+
+def peak_flops(device, dtype, ddp):
+    """The peak the run's MFU is measured against, for all ranks together: the datasheet peak of
+    the GPUs, or on CPU a matmul timed by every rank at once (torchrun gives each rank one thread,
+    and ranks on one machine share its cores). None for a GPU not in the table."""
+    world_size = dist.get_world_size() if ddp else 1
+    if device.startswith("cuda"):
+        peak = gpu_peak_flops(torch.cuda.get_device_name(device), dtype)
+        return peak * world_size if peak is not None else None
+    if device != "cpu":
+        return None
+    if ddp:
+        dist.barrier()  # measure at the same time, so that each rank gets its share of the cores
+    peak = torch.tensor(measure_peak_flops("cpu", dtype, n=2048), dtype=torch.float64)
+    if ddp:
+        dist.all_reduce(peak)
+    return peak.item()
+
+
+def all_reduce_mean(t, ddp):
+    # SUM then divide: gloo has no ReduceOp.AVG before torch 2.6
+    if ddp:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t
+
+
+def broadcast_from_master(obj, ddp):
+    """Rank 0's obj on every rank (a path, a list of examples, an error message)."""
+    if not ddp:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 # -----------------------------------------------------------------------------
 # command line
 
+# the GPT-2 family: shapes from the GPT-2 paper (table 2); learning rate, batch and tokens from
+# llm.c's published reproductions (scripts/run_gpt2_*.sh), whose learning rates and batches are
+# GPT-3's (paper, table 2.1) but for 1558M. warmup 715 steps of 2**19 tokens is GPT-3's 375M
+# tokens; llm.c uses 700 steps
 PRESETS = {
-    # GPT-2 124M with build-nanogpt's recipe: 19073 steps of 524288 tokens is 10B tokens
+    # 124M with build-nanogpt's recipe: 19073 steps of 524288 tokens is 10B tokens
     "gpt2-124m": {},
+    # 350M (d24): llm.c, 60000 steps of 2**19 tokens (31.5B), lr 3e-4 decaying to 0
+    "gpt2-350m": dict(n_layer=24, n_head=16, n_embd=1024, max_lr=3e-4, min_lr_ratio=0.0,
+                      warmup_steps=700, max_steps=60000, batch_size=32),
+    # 774M (d36): llm.c, 286102 steps of 2**19 tokens (150B), lr 2.5e-4 decaying to 0
+    "gpt2-774m": dict(n_layer=36, n_head=20, n_embd=1280, max_lr=2.5e-4, min_lr_ratio=0.0,
+                      warmup_steps=700, max_steps=286102, batch_size=16),
+    # 1558M (d48): llm.c, 32000 steps of 2**20 tokens (33.5B), lr 6e-4 decaying to 6e-5
+    "gpt2-1558m": dict(n_layer=48, n_head=25, n_embd=1600, max_lr=6e-4, min_lr_ratio=0.1,
+                       warmup_steps=700, max_steps=32000, total_batch_size=1048576, batch_size=8),
     # a small GPT trained on CPU in minutes on the embedded offline corpus (CPython's docs). With
-    # GPT-2's 50257-token vocabulary the lm_head is most of the work, so the step is kept small
+    # GPT-2's 50257-token vocabulary the lm_head is most of the work, so the step is kept small.
+    # 4 sequences a micro-step: 2 micro-steps in one process, 1 each under torchrun with 2
     "cpu": dict(
-        data_dir="data/pydoc",
+        data_dir=EMBEDDED_OUT_DIR,
         log_dir="log_cpu",
         n_layer=4, n_head=4, n_embd=128, block_size=128,
-        batch_size=8, seq_len=128, total_batch_size=1024,
+        batch_size=4, seq_len=128, total_batch_size=1024,
         max_lr=2e-3, warmup_steps=20, max_steps=300,
         eval_every=100, val_steps=4, save_every=300,
         # float32: most CPUs have no bf16 matrix units, and where they do (this project's CI
@@ -221,50 +333,79 @@ PRESETS = {
     ),
 }
 
+# the flags that define a run: --resume refuses to change them. Others (max_steps, cadences,
+# batch_size, device, ...) may change between a checkpoint and its resumption, and are logged
+RUN_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "init_from", "seq_len",
+             "total_batch_size", "data_dir", "max_lr", "min_lr_ratio", "warmup_steps", "weight_decay",
+             "grad_clip", "seed")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def batch_size_arg(s):
+    if s == "auto":
+        return s
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of sequences or 'auto', got {s!r}") from None
+
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     a = p.add_argument
-    a("--preset", choices=sorted(PRESETS), default="gpt2-124m", help="a set of defaults; explicit flags override them")
+    presets = "; ".join(f"{name}: " + (" ".join(f"--{k} {v}" for k, v in s.items()) or "the defaults below")
+                        for name, s in PRESETS.items())
+    a("--preset", choices=list(PRESETS), default="gpt2-124m",
+      help=f"a set of defaults; explicit flags override them. {presets}")
     # data and outputs
     a("--data_dir", default="edu_fineweb10B", help="folder of token shards written by fineweb.py")
     a("--log_dir", default="log", help="where log.jsonl, loss.png and checkpoints go")
-    a("--resume", nargs="?", const="latest", default=None, help="continue the newest checkpoint in --log_dir, or the given .pt file")
+    a("--resume", nargs="?", const="latest", default=None,
+      help="continue the newest checkpoint in --log_dir, or the given .pt file; the flags that define the run must match it")
     a("--init_from", default=None, help="start from GPT-2 weights: gpt2|gpt2-medium|gpt2-large|gpt2-xl or a Hugging Face directory")
+    a("--overwrite", action="store_true",
+      help="start a new run in a --log_dir that holds another run: deletes its checkpoints, log.jsonl and loss.png first")
     # model
-    a("--n_layer", type=int, default=12)
-    a("--n_head", type=int, default=12)
-    a("--n_embd", type=int, default=768)
+    a("--n_layer", type=int, default=12, help="transformer blocks")
+    a("--n_head", type=int, default=12, help="attention heads per block")
+    a("--n_embd", type=int, default=768, help="width of the residual stream")
     a("--block_size", type=int, default=1024, help="the model's context length")
     a("--vocab_size", type=int, default=50304, help="GPT-2's 50257 padded up to a multiple of 128 for faster matmuls")
     # batch: total_batch_size tokens per optimizer step = batch_size * seq_len * world_size * grad_accum_steps
-    a("--batch_size", type=int, default=64, help="sequences per micro-step per process")
+    a("--batch_size", type=batch_size_arg, default=64,
+      help="sequences per micro-step per process; auto (CUDA): the largest power of two up to the preset's that fits")
     a("--seq_len", type=int, default=1024, help="tokens per sequence")
     a("--total_batch_size", type=int, default=524288, help="tokens per optimizer step (2**19, about 0.5M, as GPT-3 124M)")
     # optimization
-    a("--max_lr", type=float, default=6e-4)
+    a("--max_lr", type=float, default=6e-4, help="the learning rate after warmup")
     a("--min_lr_ratio", type=float, default=0.1, help="the LR decays to max_lr * min_lr_ratio")
-    a("--warmup_steps", type=int, default=715)
-    a("--max_steps", type=int, default=19073)
-    a("--weight_decay", type=float, default=0.1)
+    a("--warmup_steps", type=int, default=715, help="steps of linear warmup")
+    a("--max_steps", type=int, default=19073, help="optimizer steps; the cosine ends here")
+    a("--weight_decay", type=float, default=0.1, help="AdamW weight decay of the matrices")
     a("--grad_clip", type=float, default=1.0, help="clip the global gradient norm to this (0: no clipping)")
     a("--stop_at_step", type=int, default=None, help="end the run after this many steps, with a checkpoint, leaving the LR schedule of --max_steps unchanged (continue with --resume)")
     # evaluation, sampling, checkpoints
     a("--eval_every", type=int, default=250, help="validation loss, HellaSwag and samples every this many steps, and at the end")
     a("--val_steps", type=int, default=20, help="batches of validation loss per evaluation")
-    a("--hellaswag", action=argparse.BooleanOptionalAction, default=True, help="HellaSwag acc_norm at each evaluation")
+    a("--hellaswag", action=argparse.BooleanOptionalAction, default=True,
+      help="HellaSwag acc_norm at each evaluation (skipped with a note when the default download has no network)")
     a("--hellaswag_file", default=None, help="a local hellaswag_val.jsonl (default: download into hellaswag.py's cache)")
-    a("--hellaswag_limit", type=int, default=None, help="score only the first N HellaSwag examples")
+    a("--hellaswag_limit", type=int, default=None, help="score only the first N HellaSwag examples (default: all)")
     a("--num_samples", type=int, default=4, help="samples printed at each evaluation (0: none)")
     a("--sample_len", type=int, default=32, help="tokens per sample")
-    a("--prompt", default="Hello, I'm a language model,")
+    a("--prompt", default="Hello, I'm a language model,", help="what the samples continue")
     a("--save_every", type=int, default=5000, help="write a checkpoint every this many steps, and at the end")
     # system
-    a("--seed", type=int, default=1337)
-    a("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
-    a("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="bfloat16 autocast, or plain float32")
+    a("--seed", type=int, default=1337, help="seed of the weights' initialisation")
+    a("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu")
+    a("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+      help="autocast dtype of the forward pass (float16 with loss scaling, for GPUs without bf16), or plain float32")
     a("--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile the model")
-    a("--overwrite", action="store_true", help="start a new run in a --log_dir that has checkpoints of another run")
+    a("--activation_checkpointing", action="store_true",
+      help="recompute each block's activations in backward instead of storing them: less memory, about 1/3 more compute")
     a("--log_every", type=int, default=1, help="print a training line every this many steps")
     return p
 
@@ -277,35 +418,79 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def check_args(args, world_size):
-    """Validate the flags once; returns grad_accum_steps."""
-    positive = ["n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size", "seq_len",
+def check_args(args):
+    """Validate the flags once, before anything is loaded or started."""
+    positive = ["n_layer", "n_head", "n_embd", "block_size", "vocab_size", "seq_len",
                 "total_batch_size", "max_steps", "eval_every", "val_steps", "save_every", "log_every"]
+    if args.batch_size != "auto":
+        positive.append("batch_size")
     for name in positive:
         if getattr(args, name) <= 0:
-            raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
-    if args.warmup_steps < 0 or args.num_samples < 0 or args.sample_len < 0:
-        raise ValueError("--warmup_steps, --num_samples and --sample_len must be >= 0")
-    if args.max_lr <= 0 or not 0 <= args.min_lr_ratio <= 1:
-        raise ValueError(f"--max_lr must be > 0 (got {args.max_lr}) and --min_lr_ratio in [0, 1] (got {args.min_lr_ratio})")
+            raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("warmup_steps", "num_samples", "sample_len", "weight_decay", "grad_clip"):
+        v = getattr(args, name)
+        if not (v >= 0 and math.isfinite(v)):  # NaN fails every comparison
+            raise UserError(f"--{name} must be a finite number >= 0, got {v}")
+    if not (args.max_lr > 0 and math.isfinite(args.max_lr)):
+        raise UserError(f"--max_lr must be a finite number > 0, got {args.max_lr}")
+    if not 0 <= args.min_lr_ratio <= 1:
+        raise UserError(f"--min_lr_ratio must be in [0, 1], got {args.min_lr_ratio}")
+    if args.hellaswag_limit is not None and args.hellaswag_limit < 1:
+        raise UserError(f"--hellaswag_limit must be >= 1, got {args.hellaswag_limit}")
     if args.warmup_steps > args.max_steps:
-        raise ValueError(f"--warmup_steps {args.warmup_steps} is more than --max_steps {args.max_steps}")
+        raise UserError(f"--warmup_steps {args.warmup_steps} is more than --max_steps {args.max_steps}")
     if args.stop_at_step is not None and not 0 < args.stop_at_step <= args.max_steps:
-        raise ValueError(f"--stop_at_step {args.stop_at_step} must be in [1, --max_steps {args.max_steps}]")
-    if args.init_from is None and args.vocab_size < 50257:
-        raise ValueError(f"--vocab_size {args.vocab_size} is smaller than GPT-2's tokenizer (50257 tokens)")
-    if args.n_embd % args.n_head:
-        raise ValueError(f"--n_embd {args.n_embd} is not divisible by --n_head {args.n_head}")
-    if args.init_from is None and args.seq_len > args.block_size:
-        raise ValueError(f"--seq_len {args.seq_len} is longer than the model's --block_size {args.block_size}")
+        raise UserError(f"--stop_at_step {args.stop_at_step} must be in [1, --max_steps {args.max_steps}]")
+    if args.init_from is None and not args.resume:
+        # the model's own checks, in the words of the flags
+        try:
+            config_from_args(args)
+        except ValueError as e:
+            raise UserError(str(e).replace("GPTConfig.", "--").replace("GPTConfig: ", "")) from None
+        if args.vocab_size < 50257:
+            raise UserError(f"--vocab_size {args.vocab_size} is smaller than GPT-2's tokenizer (50257 tokens)")
+        if args.seq_len > args.block_size:
+            raise UserError(f"--seq_len {args.seq_len} is longer than the model's --block_size {args.block_size}")
+    if args.hellaswag and args.hellaswag_file is not None and not os.path.isfile(args.hellaswag_file):
+        raise UserError(f"--hellaswag_file {args.hellaswag_file} does not exist; give a HellaSwag JSONL file, or "
+                        f"leave the flag out to download the val split, or pass --no-hellaswag")
+    if args.preset == "cpu" and args.data_dir != EMBEDDED_OUT_DIR and not os.path.isdir(args.data_dir):
+        # the embedded corpus is prepared only in its own folder: a mistyped path is a mistake
+        raise UserError(f"--data_dir {args.data_dir} does not exist; the cpu preset prepares its corpus in "
+                        f"{EMBEDDED_OUT_DIR} (leave --data_dir out), or make shards with fineweb.py --out_dir {args.data_dir}")
+
+
+def config_from_args(args):
+    return GPTConfig(block_size=args.block_size, vocab_size=args.vocab_size,
+                     n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+
+
+def grad_accum_steps_for(args, world_size):
     tokens_per_micro_step = args.batch_size * args.seq_len * world_size
     if args.total_batch_size % tokens_per_micro_step:
-        raise ValueError(
+        raise UserError(
             f"--total_batch_size {args.total_batch_size} is not divisible by --batch_size * --seq_len * "
             f"world_size = {args.batch_size} * {args.seq_len} * {world_size} = {tokens_per_micro_step}; pick "
             f"--total_batch_size as a multiple of {tokens_per_micro_step} or change --batch_size"
         )
     return args.total_batch_size // tokens_per_micro_step
+
+
+def find_batch_size(try_batch, max_batch_size):
+    """The largest power of two up to max_batch_size for which try_batch(b) (one forward and
+    backward of b sequences) does not run out of memory."""
+    b = 1 << (max_batch_size.bit_length() - 1)
+    while b >= 1:
+        try:
+            try_batch(b)
+            return b
+        except torch.OutOfMemoryError:
+            b //= 2
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    raise UserError("--batch_size auto: even one sequence does not fit in this GPU's memory; try "
+                    "--activation_checkpointing, a shorter --seq_len, or a smaller model")
 
 
 # -----------------------------------------------------------------------------
@@ -316,14 +501,20 @@ def checkpoint_path(log_dir, step):
     return os.path.join(log_dir, f"model_{step:05d}.pt")
 
 
-def latest_checkpoint(log_dir):
-    """The checkpoint with the highest step in log_dir, or None."""
+def list_checkpoints(log_dir):
+    """The checkpoints in log_dir, lowest step first."""
     found = []
     for path in glob.glob(os.path.join(log_dir, "model_*.pt")):
         m = re.fullmatch(r"model_(\d+)\.pt", os.path.basename(path))
         if m:
             found.append((int(m.group(1)), path))
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(log_dir):
+    """The checkpoint with the highest step in log_dir, or None."""
+    found = list_checkpoints(log_dir)
+    return found[-1] if found else None
 
 
 def save_checkpoint(path, state):
@@ -341,27 +532,100 @@ def save_checkpoint(path, state):
             os.remove(tmp)
 
 
-def rng_state():
-    # numpy's state is stored as plain tensors and numbers so that torch.load(weights_only=True)
-    # accepts it
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def load_checkpoint(path, mmap=False):
+    """A checkpoint's contents; a UserError naming the file (and the one before it) when it cannot
+    be read. weights_only: a checkpoint is plain tensors and numbers, so loading one from someone
+    else cannot run code. mmap: tensors are read only when used (for a look at 'args')."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        if not isinstance(ckpt, dict) or not {"model", "config", "step", "args"} <= set(ckpt):
+            raise ValueError("not a train_gpt2.py checkpoint")
+        return ckpt
+    except Exception as e:  # truncated, corrupt, or not ours: torch says it in many ways
+        earlier = [p for p in list_checkpoints(os.path.dirname(path) or ".") if os.path.abspath(p) != os.path.abspath(path)]
+        earlier = [p for p in earlier if p < path] if os.path.basename(path).startswith("model_") else earlier
+        hint = f"resume from the one before it: --resume {earlier[-1]}" if earlier else "no earlier checkpoint is beside it"
+        reason = str(e).splitlines()[0] if not isinstance(e, ValueError) else str(e)
+        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}: {reason[:80]}); it is truncated, "
+                        f"corrupt or not a train_gpt2.py checkpoint; {hint}") from None
 
 
-def set_rng_state(state):
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def check_resume(args, ckpt, path):
+    """Refuse to continue a checkpoint under flags that define a different run; describe the
+    flags that may change and did."""
+    saved = ckpt["args"]
+    same = lambda k, a, b: os.path.abspath(a) == os.path.abspath(b) if k == "data_dir" else a == b  # noqa: E731
+    differ = [k for k in RUN_FLAGS if k in saved and not same(k, getattr(args, k), saved[k])]
+    if differ:
+        raise UserError(
+            f"--resume {path}: the checkpoint's run was made with "
+            + ", ".join(f"--{k} {saved[k]}" for k in differ) + ", this command says "
+            + ", ".join(f"--{k} {getattr(args, k)}" for k in differ)
+            + "; these define the run and cannot change mid-run: give the checkpoint's values "
+            f"(its preset was {saved.get('preset')}), or start a new run in another --log_dir"
+        )
+    ignore = ("resume", "overwrite", "log_dir")
+    return {k: (saved[k], v) for k, v in vars(args).items() if k in saved and k not in ignore and saved[k] != v}
+
+
+def find_resume_checkpoint(args, ddp, rank):
+    """(checkpoint, its path, the flags changed since) for --resume; (None, None, {}) for a new
+    run, after checking that --log_dir holds no other run."""
+    if not args.resume:
+        if latest_checkpoint(args.log_dir) and not args.overwrite:
+            raise UserError(
+                f"--log_dir {args.log_dir} already has checkpoints of another run ({latest_checkpoint(args.log_dir)}); "
+                f"continue it with --resume, or pass --overwrite to delete them, or choose another --log_dir"
+            )
+        return None, None, {}
+    # rank 0 resolves "latest", so that every rank loads the same file
+    path = broadcast_from_master(latest_checkpoint(args.log_dir) if args.resume == "latest" else args.resume, ddp)
+    if path is None or not os.path.isfile(path):
+        where = f"in --log_dir {args.log_dir}" if args.resume == "latest" else path
+        raise UserError(f"--resume: no checkpoint {where} (on rank {rank}: the ranks of a multi-node run need "
+                        f"a shared --log_dir); start without --resume")
+    ckpt = load_checkpoint(path)
+    changed = check_resume(args, ckpt, path)
+    other = latest_checkpoint(args.log_dir)
+    if other and ckpt.get("run_id") != load_checkpoint(other, mmap=True).get("run_id"):
+        raise UserError(f"--log_dir {args.log_dir} holds checkpoints of another run ({other}); resume "
+                        f"{path} into its own folder (--log_dir {os.path.dirname(path) or '.'}) or an empty one")
+    return ckpt, path, changed
+
+
+def build_model(args, ckpt):
+    """The GPT of a checkpoint, of GPT-2's weights (--init_from), or freshly initialised."""
+    torch.manual_seed(args.seed)  # the only randomness of a run: the initial weights
+    if ckpt is not None:
+        model = GPT(GPTConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+    elif args.init_from:
+        try:
+            model = GPT.from_pretrained(args.init_from)
+        except (OSError, ValueError) as e:  # no network, not a GPT-2 folder
+            raise UserError(f"--init_from {args.init_from}: cannot load it ({str(e).splitlines()[0][:160]}); the "
+                            f"gpt2* names need the network to download once, or give a local Hugging Face folder") from None
+        if args.seq_len > model.config.block_size:
+            raise UserError(f"--seq_len {args.seq_len} is longer than {args.init_from}'s block_size {model.config.block_size}")
+    else:
+        model = GPT(config_from_args(args))
+    model.activation_checkpointing = args.activation_checkpointing
+    return model
+
+
+def start_log_dir(args, master):
+    """--overwrite: delete the previous run's checkpoints and log (only now, once the new run's
+    flags, data and model have all been accepted)."""
+    if not master:
+        return
+    if args.overwrite and not args.resume:
+        old = list_checkpoints(args.log_dir) + [p for p in (os.path.join(args.log_dir, n) for n in ("log.jsonl", "loss.png"))
+                                                if os.path.exists(p)]
+        for path in old:
+            os.remove(path)
+        if old:
+            print(f"--overwrite: deleted {len(old)} files of the previous run in {args.log_dir}")
+    os.makedirs(args.log_dir, exist_ok=True)
 
 
 class Logger:
@@ -425,38 +689,13 @@ def plot_log(log_path, png_path, baselines):
 
 
 # -----------------------------------------------------------------------------
-# the run
+# the training step and the evaluations
 
 
-def setup_distributed(device_arg):
-    """(ddp, rank, local_rank, world_size, device) from torchrun's environment."""
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    if device_arg == "auto":
-        if torch.cuda.is_available():
-            device_arg = "cuda"
-        elif hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
-            device_arg = "mps"
-        else:
-            device_arg = "cpu"
-    if not ddp:
-        return False, 0, 0, 1, device_arg
-    rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    if device_arg.startswith("cuda"):
-        device = f"cuda:{local_rank}"  # one process per GPU
-        torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl", device_id=torch.device(device))
-    elif device_arg == "cpu":
-        device = "cpu"
-        dist.init_process_group(backend="gloo")
-    else:
-        raise ValueError(f"--device {device_arg} is not supported under torchrun: use cuda (NCCL) or cpu (gloo)")
-    return True, rank, local_rank, world_size, device
-
-
-def train_step(model, optimizer, train_loader, grad_accum_steps, autocast, device, lr, grad_clip):
-    """Forward and backward over grad_accum_steps micro-batches, gradient clipping, and the LR
-    set for the step; the caller checks the loss and calls optimizer.step(). model may be
-    DDP-wrapped. Returns the mean loss over micro-steps (and ranks) and the gradient norm."""
+def train_step(model, optimizer, train_loader, grad_accum_steps, autocast, device, grad_clip, scaler):
+    """Forward and backward over grad_accum_steps micro-batches and the gradient clipping; the
+    caller sets the LR before and steps the optimizer after. model may be DDP-wrapped. Returns
+    the mean loss over micro-steps and ranks, and the gradient norm before clipping."""
     ddp = isinstance(model, DDP)
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -469,26 +708,115 @@ def train_step(model, optimizer, train_loader, grad_accum_steps, autocast, devic
         last = micro_step == grad_accum_steps - 1
         with (model.no_sync() if ddp and not last else contextlib.nullcontext()):
             with autocast:
-                _, loss = model(x, y)
+                loss = model(x, y)[1]  # the logits are not kept alive through backward
             # the loss is a mean over the micro-batch; dividing by grad_accum_steps makes the
             # summed gradients the mean over the whole batch, as if it were one forward pass
             loss = loss / grad_accum_steps
             loss_accum += loss.detach()
-            loss.backward()
-    if ddp:
-        dist.all_reduce(loss_accum, op=dist.ReduceOp.AVG)
+            # float16: the loss is scaled up so that small gradients do not underflow
+            scaler.scale(loss).backward()
+    all_reduce_mean(loss_accum, ddp)
+    scaler.unscale_(optimizer)  # clip the true gradients (a no-op without float16)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    for group in optimizer.param_groups:
-        group["lr"] = lr
     return loss_accum, norm
 
 
+@torch.no_grad()
+def validation_loss(model, val_loader, val_steps, autocast, device, ddp):
+    """The mean loss of val_steps batches, the same ones every time, over all ranks. model may be
+    the DDP-wrapped training model: without gradients DDP's forward communicates nothing."""
+    model.eval()
+    val_loader.reset()
+    val_loss = torch.zeros((), device=device)
+    for _ in range(val_steps):
+        x, y = val_loader.next_batch()
+        with autocast:
+            val_loss += model(x.to(device), y.to(device))[1] / val_steps
+    return all_reduce_mean(val_loss, ddp).item()
+
+
+def hellaswag_counts(infer_model, head, examples, autocast, device, block_size, rank, ddp):
+    """(n, num_correct, num_correct_norm) of HellaSwag over all ranks, each scoring its share. The
+    model returns hidden states and head projects only the endings' positions to the vocabulary."""
+    world_size = dist.get_world_size() if ddp else 1
+    counts = hellaswag.evaluate(lambda idx: infer_model(idx, return_hidden=True)[0], examples, device,
+                                rank=rank, world_size=world_size, autocast=autocast, head=head,
+                                # a small model's context can be shorter than a row: the scorer crops it
+                                block_size=block_size)
+    c = torch.tensor([counts["n"], counts["num_correct"], counts["num_correct_norm"]], device=device)
+    if ddp:
+        dist.all_reduce(c)
+    return c.tolist()
+
+
+def evaluate(step, args, model, train_model, infer_model, val_loader, hella_examples, autocast, device, rank, ddp, logger):
+    """Validation loss, HellaSwag and samples at step, printed and logged; returns the loss."""
+    master = rank == 0
+    event = {"step": step, "val_loss": validation_loss(train_model, val_loader, args.val_steps, autocast, device, ddp)}
+    msg = f"step {step:5d} | val loss {event['val_loss']:.4f}"
+    if hella_examples is not None:
+        n, correct, correct_norm = hellaswag_counts(infer_model, model.lm_head, hella_examples, autocast, device,
+                                                    model.config.block_size, rank, ddp)
+        event.update(hellaswag_acc=correct / n, hellaswag_acc_norm=correct_norm / n, hellaswag_n=n)
+        msg += f" | HellaSwag acc_norm {correct_norm}/{n} = {correct_norm / n:.4f}"
+    if master and args.num_samples:
+        # rank 0 alone: sampling needs no other rank, so no rank waits on a collective
+        enc = get_tokenizer()
+        prompt = torch.tensor(enc.encode_ordinary(args.prompt), dtype=torch.long, device=device)
+        idx = prompt.unsqueeze(0).repeat(args.num_samples, 1)  # (num_samples, T)
+        gen = torch.Generator(device=device).manual_seed(42)
+        with autocast:
+            out = generate(infer_model, idx, args.sample_len, top_k=50, generator=gen, block_size=model.config.block_size)
+        event["samples"] = [enc.decode(row.tolist()) for row in out]
+    if master:
+        print(msg)
+        for text in event.get("samples", []):
+            print(f"sample: {text!r}")
+        logger.log(**event)
+        baselines = "fineweb" in os.path.abspath(args.data_dir).lower()  # OpenAI's 124M figures for comparison
+        plot_log(logger.path, os.path.join(args.log_dir, "loss.png"), baselines)
+    return event["val_loss"]
+
+
+def load_hellaswag(args, ddp):
+    """The HellaSwag examples, loaded by rank 0 and sent to the others (a worker node needs neither
+    the file nor the network), or None when the default download is unreachable. A --hellaswag_file
+    that cannot be read is an error on every rank."""
+    result = None
+    if os.environ.get("RANK", "0") == "0":
+        try:
+            result = hellaswag.load_examples("val", file=args.hellaswag_file, limit=args.hellaswag_limit, progress=False)
+        except hellaswag.DownloadError as e:
+            result = f"HellaSwag is skipped for this run: {e}"  # no network: say it once, train on
+        except UserError as e:
+            result = e
+    result = broadcast_from_master(result, ddp)
+    if isinstance(result, UserError):
+        raise result
+    if isinstance(result, str):
+        if os.environ.get("RANK", "0") == "0":
+            print(result, flush=True)
+        return None
+    return result
+
+
+# -----------------------------------------------------------------------------
+# the run
+
+
 def main(argv=None):
+    return exit_on_user_error("train_gpt2.py", run, argv)
+
+
+def run(argv=None):
     args = parse_args(argv)
-    ddp, rank, local_rank, world_size, device = setup_distributed(args.device)
+    check_args(args)
+    ddp, rank, world_size, device = setup_distributed(args.device)
     try:
         return train(args, ddp, rank, world_size, device)
+    except UserError:
+        raise  # every rank meets it; rank 0 says it
     except BaseException:
         if ddp:
             print(f"[rank {rank}] failed", file=sys.stderr, flush=True)
@@ -500,227 +828,145 @@ def main(argv=None):
 
 def train(args, ddp, rank, world_size, device):
     master = rank == 0  # this process logs, writes checkpoints and prints
-    device_type = "cuda" if device.startswith("cuda") else device
-    grad_accum_steps = check_args(args, world_size)
+    device_type = torch.device(device).type
+    say = print if master else lambda *a, **k: None
 
-    def say(*a):
-        if master:
-            print(*a, flush=True)
+    # ---- the checkpoint to resume, or a fresh --log_dir
+    ckpt, resume_path, changed = find_resume_checkpoint(args, ddp, rank)
+
+    # ---- the model
+    model = build_model(args, ckpt)
+    config = model.config
+    model.to(device)
+    configure_tf32(device_type)
+    autocast = torch.autocast(device_type, dtype=getattr(torch, args.dtype), enabled=args.dtype != "float32")
+    # float16 needs its loss scaled so that small gradients do not underflow; disabled, the
+    # scaler passes everything through unchanged
+    scaler = torch.amp.GradScaler(device_type, enabled=args.dtype == "float16")
+    if args.batch_size == "auto":
+        args.batch_size = auto_batch_size(model, args, autocast, device, ddp)
+        say(f"--batch_size auto: {args.batch_size} sequences of {args.seq_len} tokens fit")
+    grad_accum_steps = grad_accum_steps_for(args, world_size)
 
     # ---- data
-    if args.preset == "cpu" and not os.path.isdir(args.data_dir):
-        # the embedded corpus needs no network: make its shards on first use
-        if master:
-            from fineweb import prepare_embedded
-
+    if args.preset == "cpu" and args.data_dir == EMBEDDED_OUT_DIR:
+        # the embedded corpus needs no network: rank 0 makes its shards on first use, and every
+        # rank waits for that, whatever it finds on disk
+        if master and not os.path.isdir(args.data_dir):
             say(f"preparing the embedded corpus (CPython's reference docs) in {args.data_dir}")
             prepare_embedded(args.data_dir)
         if ddp:
             dist.barrier()
-    train_loader = DataLoaderLite(args.batch_size, args.seq_len, rank, world_size, "train", args.data_dir)
-    val_loader = DataLoaderLite(args.batch_size, args.seq_len, rank, world_size, "val", args.data_dir)
+    train_loader = DataLoaderLite(args.batch_size, args.seq_len, rank, world_size, "train", args.data_dir,
+                                  step_tokens=args.total_batch_size, vocab_size=config.vocab_size)
+    val_loader = DataLoaderLite(args.batch_size, args.seq_len, rank, world_size, "val", args.data_dir,
+                                vocab_size=config.vocab_size)
+    hella_examples = load_hellaswag(args, ddp) if args.hellaswag else None
 
-    # ---- log dir and resume
-    os.makedirs(args.log_dir, exist_ok=True)
-    ckpt = None
-    if args.resume:
-        path = latest_checkpoint(args.log_dir) if args.resume == "latest" else args.resume
-        if path is None or not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"--resume: no checkpoint {'in --log_dir ' + args.log_dir if args.resume == 'latest' else path}; "
-                f"start without --resume"
-            )
-        say(f"resuming from {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    elif latest_checkpoint(args.log_dir) and not args.overwrite:
-        raise FileExistsError(
-            f"--log_dir {args.log_dir} already has checkpoints of another run ({latest_checkpoint(args.log_dir)}); "
-            f"continue it with --resume, or pass --overwrite, or choose another --log_dir"
-        )
-
-    # ---- model
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    if ckpt is not None:
-        config = GPTConfig(**ckpt["config"])
-        model = GPT(config)
-        model.load_state_dict(ckpt["model"])
-    elif args.init_from:
-        model = GPT.from_pretrained(args.init_from)
-        config = model.config
-    else:
-        config = GPTConfig(block_size=args.block_size, vocab_size=args.vocab_size,
-                           n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
-        model = GPT(config)
-    if args.seq_len > config.block_size:
-        raise ValueError(f"--seq_len {args.seq_len} is longer than the model's block_size {config.block_size}")
-    model.to(device)
-    raw_model = model  # unwrapped: what checkpoints store and what generation uses
-    if device_type == "cuda":
-        # TF32 tensor cores for float32 matmuls (10 bits of mantissa, plenty for training)
-        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-            torch.backends.cuda.matmul.fp32_precision = "tf32"
-        else:  # torch < 2.9
-            torch.backends.cuda.matmul.allow_tf32 = True
-    eval_model = infer_model = model
-    if args.compile:
-        # training and validation see one (B, T): a static graph, specialised for that shape.
-        # HellaSwag and sampling see many lengths: one graph with dynamic shapes, so a new
-        # length is not a new compilation
-        model = eval_model = torch.compile(model, dynamic=False)
-        infer_model = torch.compile(raw_model, dynamic=True)
-    # (eval_model and infer_model are not DDP-wrapped: evaluation needs no gradient sync)
-    if ddp:
-        model = DDP(model, device_ids=[device] if device_type == "cuda" else None)
-    optimizer = raw_model.configure_optimizers(args.weight_decay, args.max_lr, device_type, verbose=master)
-    start_step = 0
+    # ---- the optimizer, and the state of a resumed run
+    optimizer = model.configure_optimizers(args.weight_decay, args.max_lr, device_type, verbose=master)
+    start_step, val_loss, run_id = 0, None, uuid.uuid4().hex
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt.get("scaler", {}))
         train_loader.load_state_dict(ckpt["train_loader"])
-        set_rng_state(ckpt["rng"])
-        start_step = ckpt["step"]
-    autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
-    min_lr = args.max_lr * args.min_lr_ratio
-    logger = Logger(args.log_dir, resume_step=start_step if ckpt is not None else None) if master else None
+        start_step, val_loss, run_id = ckpt["step"], ckpt["val_loss"], ckpt.get("run_id", run_id)
+        say(f"resuming {resume_path} at step {start_step}" + "".join(
+            f"; --{k} {old} -> {new}" for k, (old, new) in changed.items()))
+        del ckpt  # the weights and optimizer state live on in the model: free the host copy
+    start_log_dir(args, master)
+    logger = Logger(args.log_dir, resume_step=start_step if args.resume else None) if master else None
 
-    # ---- throughput accounting: MFU against the datasheet peak of the GPU, or the measured
-    # matmul peak of the CPU
-    tokens_per_step = args.batch_size * args.seq_len * grad_accum_steps * world_size
-    flops_step = flops_per_token(config, args.seq_len) * tokens_per_step
-    peak = None
-    if device_type == "cuda":
-        peak = gpu_peak_flops(torch.cuda.get_device_name(device), args.dtype)
-        if peak is not None:
-            peak *= world_size
-    elif device_type == "cpu" and master:
-        # ranks on one CPU share its cores, so the machine's peak is the whole budget
-        peak = measure_peak_flops("cpu", args.dtype, n=2048)
+    # ---- compile and DDP. model is the GPT itself: checkpoints store it. Training and validation
+    # run through train_model (one static shape, compiled once, DDP-wrapped); HellaSwag and
+    # sampling see a new length at every call, so they get their own compilation with dynamic
+    # shapes (a static graph would recompile per length), without DDP
+    train_model = infer_model = model
+    if args.compile:
+        train_model = torch.compile(model, dynamic=False)
+        infer_model = torch.compile(model, dynamic=True)
+    if ddp:
+        train_model = DDP(train_model, device_ids=[device] if device_type == "cuda" else None)
 
-    say(f"model: {config}, {raw_model.num_params():,} parameters")
+    tokens_per_step = args.total_batch_size
+    peak = peak_flops(device, args.dtype, ddp)
+    say(f"model: {config}, {model.num_params():,} parameters")
     say(f"total_batch_size {args.total_batch_size} tokens = batch_size {args.batch_size} * seq_len {args.seq_len} "
         f"* world_size {world_size} * grad_accum_steps {grad_accum_steps}")
-
-    # ---- HellaSwag: loaded once; without data (no network, no --hellaswag_file) training goes on
-    hella_examples = None
-    if args.hellaswag:
-        import hellaswag
-
-        ok = torch.zeros(1, device=device)
-        if master:
-            try:
-                hella_examples = hellaswag.load_examples("val", file=args.hellaswag_file, limit=args.hellaswag_limit)
-                ok += 1
-            except Exception as e:  # no network, no file: say it once, train on
-                say(f"HellaSwag is skipped for this run: {e}")
-        if ddp:
-            dist.broadcast(ok, 0)
-            if ok.item() and not master:
-                hella_examples = hellaswag.load_examples("val", file=args.hellaswag_file, limit=args.hellaswag_limit)
-
-    enc = get_tokenizer()
-    baselines = "fineweb" in os.path.abspath(args.data_dir).lower()
-
-    def evaluate(step):
-        model.eval()
-        event = {"step": step}
-        val_loader.reset()  # the same validation tokens every time
-        with torch.no_grad():
-            val_loss = torch.zeros((), device=device)
-            for _ in range(args.val_steps):
-                x, y = val_loader.next_batch()
-                x, y = x.to(device), y.to(device)
-                with autocast:
-                    _, loss = eval_model(x, y)
-                val_loss += loss.detach() / args.val_steps
-        if ddp:
-            dist.all_reduce(val_loss, op=dist.ReduceOp.AVG)
-        event["val_loss"] = val_loss.item()
-        msg = f"step {step:5d} | val loss {event['val_loss']:.4f}"
-        if hella_examples is not None:
-            import hellaswag
-
-            counts = hellaswag.evaluate(
-                lambda idx: infer_model(idx)[0], hella_examples, device, rank=rank, world_size=world_size,
-                autocast_dtype=torch.bfloat16 if args.dtype == "bfloat16" else None,
-                # a small model's context can be shorter than a HellaSwag row: the scorer crops it
-                block_size=config.block_size,
-            )
-            c = torch.tensor([counts["n"], counts["num_correct"], counts["num_correct_norm"]], device=device, dtype=torch.long)
-            if ddp:
-                dist.all_reduce(c)
-            n, correct, correct_norm = c.tolist()
-            event.update(hellaswag_acc=correct / n, hellaswag_acc_norm=correct_norm / n, hellaswag_n=n)
-            msg += f" | HellaSwag acc_norm {correct_norm}/{n} = {correct_norm / n:.4f}"
-        if master and args.num_samples:
-            # rank 0 alone: sampling needs no other rank, so no rank waits on a collective
-            prompt = torch.tensor(enc.encode_ordinary(args.prompt), dtype=torch.long, device=device)
-            idx = prompt.unsqueeze(0).repeat(args.num_samples, 1)  # (num_samples, T)
-            gen = torch.Generator(device=device).manual_seed(42)
-            with autocast:
-                out = generate(infer_model, idx, args.sample_len, top_k=50, generator=gen, block_size=config.block_size)
-            event["samples"] = [enc.decode(row.tolist()) for row in out]
-        say(msg)
-        if master:
-            for text in event.get("samples", []):
-                say(f"sample: {text!r}")
-            logger.log(**event)
-            plot_log(logger.path, os.path.join(args.log_dir, "loss.png"), baselines)
-        return event["val_loss"]
-
-    def save(step, val_loss):
-        if not master:
-            return
-        path = checkpoint_path(args.log_dir, step)
-        save_checkpoint(path, {
-            "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "config": asdict(config),
-            "args": vars(args),
-            "train_loader": train_loader.state_dict(),
-            "rng": rng_state(),
-            "val_loss": val_loss,
-        })
-        say(f"saved {path}")
+    min_lr = args.max_lr * args.min_lr_ratio
+    end_step = args.stop_at_step or args.max_steps
+    losses = []
 
     # ---- the loop. `step` counts the optimizer steps done so far: evaluation and checkpoints at
     # step s see the weights after s updates
-    end_step = args.stop_at_step or args.max_steps
-    losses = []
-    val_loss = ckpt["val_loss"] if ckpt is not None else None
-    t_last = None
     for step in range(start_step, end_step + 1):
-        if (step % args.eval_every == 0 or step == args.max_steps) and not (ckpt is not None and step == start_step):
-            val_loss = evaluate(step)
-        if step > start_step and (step % args.save_every == 0 or step == end_step):
-            save(step, val_loss)
-        if step == end_step:
+        last_step = step == end_step
+        # (a resumed run's first step was evaluated before its checkpoint was written)
+        if (step % args.eval_every == 0 or step == args.max_steps) and not (args.resume and step == start_step):
+            val_loss = evaluate(step, args, model, train_model, infer_model, val_loader, hella_examples, autocast,
+                                device, rank, ddp, logger)
+        if step > start_step and (step % args.save_every == 0 or last_step) and master:
+            path = checkpoint_path(args.log_dir, step)
+            save_checkpoint(path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "step": step, "config": asdict(config), "args": vars(args), "run_id": run_id,
+                "train_loader": train_loader.state_dict(), "val_loss": val_loss,
+            })
+            say(f"saved {path}")
+        if last_step:
             break
 
+        # ---- one optimizer step
         t0 = time.perf_counter()
         lr = get_lr(step, args.max_lr, min_lr, args.warmup_steps, args.max_steps)
-        loss, norm = train_step(model, optimizer, train_loader, grad_accum_steps, autocast, device, lr, args.grad_clip)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, norm = train_step(train_model, optimizer, train_loader, grad_accum_steps, autocast, device, args.grad_clip, scaler)
         train_loss = loss.item()  # waits for this step's work on the device
         if not math.isfinite(train_loss):
-            last_ckpt = latest_checkpoint(args.log_dir)
             raise FloatingPointError(
                 f"the training loss is {train_loss} at step {step}; stopping without updating the weights. "
-                f"The last good checkpoint is {last_ckpt or 'none'}: lower --max_lr, or resume with --resume"
+                f"The last good checkpoint is {latest_checkpoint(args.log_dir) or 'none'}: lower --max_lr, or resume with --resume"
             )
-        optimizer.step()
+        scale = scaler.get_scale()
+        scaler.step(optimizer)  # optimizer.step(), skipped by float16's scaler when a gradient overflowed
+        scaler.update()
+        skipped = scaler.is_enabled() and scaler.get_scale() < scale
         sync(device)
         dt = time.perf_counter() - t0
         losses.append(train_loss)
         if master:
             tok_s = tokens_per_step / dt
-            mfu = flops_step / dt / peak if peak else None
+            mfu = model.estimate_mfu(tok_s, args.seq_len, peak) if peak else None
             logger.log(step=step, train_loss=train_loss, lr=lr, grad_norm=norm.item(), dt_ms=dt * 1000,
-                       tokens_per_sec=tok_s, **({"mfu": mfu} if mfu is not None else {}))
-            if step % args.log_every == 0 or step == end_step - 1:
+                       tokens_per_sec=tok_s, **({"mfu": mfu} if mfu is not None else {}),
+                       **({"skipped": True, "loss_scale": scaler.get_scale()} if skipped else {}))
+            if step % args.log_every == 0 or step == end_step - 1 or skipped:
                 say(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {norm.item():.4f} | "
-                    f"dt {dt * 1000:.1f}ms | tok/sec {tok_s:,.0f}" + (f" | MFU {mfu * 100:.1f}%" if mfu else ""))
-    return {"losses": losses, "val_loss": val_loss, "model": raw_model}
+                    f"dt {dt * 1000:.1f}ms | tok/sec {tok_s:,.0f}" + (f" | MFU {mfu * 100:.1f}%" if mfu else "")
+                    + (f" | float16 overflow: step skipped, loss scale now {scaler.get_scale():g}" if skipped else ""))
+    return {"losses": losses, "val_loss": val_loss, "model": model}
+
+
+def auto_batch_size(model, args, autocast, device, ddp):
+    """--batch_size auto: the largest power of two up to the preset's micro-batch whose forward and
+    backward fit on this GPU (eager, which needs at least the memory of the compiled step), the
+    smallest over all ranks."""
+    if not device.startswith("cuda"):
+        raise UserError("--batch_size auto works on CUDA GPUs only; give a number of sequences")
+    max_batch_size = PRESETS[args.preset].get("batch_size", get_parser().get_default("batch_size"))
+
+    def try_batch(b):
+        x = torch.zeros((b, args.seq_len), dtype=torch.long, device=device)
+        with autocast:
+            loss = model(x, x)[1]
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    b = torch.tensor(find_batch_size(try_batch, max_batch_size), device=device)
+    if ddp:
+        dist.all_reduce(b, op=dist.ReduceOp.MIN)
+    return int(b.item())
 
 
 if __name__ == "__main__":

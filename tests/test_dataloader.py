@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fineweb import ShardError, write_shard
+from fineweb import ShardError, write_manifest, write_shard
 from train_gpt2 import DataLoaderLite, find_shards
 
 # train shard i holds i*10000 + position: every token says where it was read from
@@ -20,6 +20,7 @@ def make_dir(d, lengths=TRAIN_LENGTHS, val_length=40):
     write_shard(os.path.join(d, "t_val_000000.bin"), 60000 + np.arange(val_length))
     for i, n in enumerate(lengths, start=1):
         write_shard(os.path.join(d, f"t_train_{i:06d}.bin"), i * 10000 + np.arange(n))
+    write_manifest(str(d))
     return str(d)
 
 
@@ -162,7 +163,7 @@ def test_too_small_shard(tmp_path):
     d = make_dir(tmp_path, lengths=[100, 16])
     with pytest.raises(ShardError) as e:
         DataLoaderLite(B, T, 0, 2, "train", d)  # a step needs 2*4*2 + 1 = 17 tokens
-    check_error(e, os.path.join(d, "t_train_000002.bin"), "has 16 tokens", "= 17 needed")
+    check_error(e, os.path.join(d, "t_train_000002.bin"), "has 16 tokens", "16 + 1 that one step reads")
     DataLoaderLite(B, T, 0, 1, "train", d)  # one process needs 9: fine
 
 
@@ -175,6 +176,7 @@ def test_missing_directory_and_no_shards(tmp_path):
     os.makedirs(d)
     write_shard(os.path.join(d, "t_val_000000.bin"), np.arange(100))
     write_shard(os.path.join(d, "t_train_000001.bin.tmp"), np.arange(100))  # an unfinished write is no shard
+    write_manifest(d)
     with pytest.raises(FileNotFoundError) as e:
         DataLoaderLite(B, T, 0, 1, "train", d)
     check_error(e, d, "no train shards", "*_train_*.bin")
@@ -186,9 +188,32 @@ def test_restoring_a_position_that_does_not_fit_is_a_clear_error(tmp_path):
     # saved by one process at shard 1's last step (80 + 9 <= 100), resumed on 2 processes: the
     # step (17 tokens) no longer fits there, and rank 1 would read past the end
     loader = DataLoaderLite(B, T, 1, 2, "train", d)
-    with pytest.raises(ValueError, match=r"position 88 in shard .*t_train_000001.bin \(100 tokens\).*17 tokens.*world_size"):
+    with pytest.raises(ShardError, match=r"position 88 in .*t_train_000001.bin \(100 tokens\).*step of 16 tokens"):
         loader.load_state_dict({"shard": 0, "position": 88})
-    with pytest.raises(ValueError, match="shard 3 but 3 shards exist"):
+    with pytest.raises(ShardError, match="shard 3, but 3 shards exist"):
         loader.load_state_dict({"shard": 3, "position": 0})
     loader.load_state_dict({"shard": 0, "position": 80})  # 80 + 17 <= 100 fits
     assert int(loader.next_batch()[0][0, 0]) == 10000 + 88  # rank 1 reads one chunk further
+
+
+@pytest.mark.parametrize("W, accum", [(1, 4), (2, 2), (4, 1)])
+def test_a_step_reads_the_same_tokens_on_any_number_of_ranks(tmp_path, W, accum):
+    """With step_tokens fixed, W ranks of accum micro-steps read together the rows one process
+    reads in W * accum micro-steps, step after step, across shard ends: so a run resumes exactly
+    on another number of GPUs."""
+    d = make_dir(tmp_path)
+    step_tokens = 4 * B * T
+    one = DataLoaderLite(B, T, 0, 1, "train", d, step_tokens=step_tokens)
+    loaders = [DataLoaderLite(B, T, r, W, "train", d, step_tokens=step_tokens) for r in range(W)]
+    for _ in range(12):  # several shard ends and a wrap-around
+        expected = torch.cat([one.next_batch()[0] for _ in range(4)])
+        got = torch.cat([torch.cat([ld.next_batch()[0] for ld in loaders]) for _ in range(accum)])
+        assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, expected.tolist()))
+    assert all(ld.state_dict() == one.state_dict() for ld in loaders)
+
+
+def test_token_ids_beyond_the_vocabulary_name_the_shard(tmp_path):
+    d = make_dir(tmp_path)
+    with pytest.raises(ShardError, match="t_train_000003.bin"):
+        DataLoaderLite(B, T, 0, 1, "train", d, vocab_size=30049)  # shard 3 holds ids up to 30049
+    DataLoaderLite(B, T, 0, 1, "train", d, vocab_size=30050)
