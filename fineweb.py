@@ -199,15 +199,20 @@ def _shard_entry(name, tokens):
     }
 
 
-def _too_many_prefixes(data_dir, names):
+def _check_one_prefix(folder, names, flag="--data_dir "):
     prefixes = sorted({shard_prefix(n) for n in names})
     if len(prefixes) > 1:
-        return ShardError(
-            f"--data_dir {data_dir} holds shards of {len(prefixes)} data sets (prefixes {', '.join(prefixes)}), and "
-            f"the loader would read them all as one: keep one data set per folder (move the others out, or remake "
-            f"it with python fineweb.py --out_dir {data_dir} --overwrite)"
+        raise ShardError(
+            f"{flag}{folder} holds shards of {len(prefixes)} data sets (prefixes {', '.join(prefixes)}), and the "
+            f"loader would read them all as one: keep one data set per folder (move the others out, or remake it "
+            f"with python fineweb.py ... --out_dir {folder} --overwrite)"
         )
-    return None
+
+
+def _no_data_dir(data_dir):
+    return NoShardsError(
+        f"--data_dir {data_dir} does not exist; make shards with fineweb.py (python fineweb.py --out_dir {data_dir})"
+    )
 
 
 def check_data_dir(data_dir):
@@ -216,13 +221,9 @@ def check_data_dir(data_dir):
     so a killed run has none), every shard it lists present with its header's token count, and
     no shard it does not list. Reads the shards' headers only. Raises ShardError otherwise."""
     if not os.path.isdir(data_dir):
-        raise NoShardsError(
-            f"--data_dir {data_dir} does not exist; make shards with fineweb.py (python fineweb.py --out_dir {data_dir})"
-        )
+        raise _no_data_dir(data_dir)
     names = shard_names(data_dir)
-    err = _too_many_prefixes(data_dir, names)
-    if err:
-        raise err
+    _check_one_prefix(data_dir, names)
     path = os.path.join(data_dir, MANIFEST)
     remake = f"remake the data set with python fineweb.py ... --out_dir {data_dir} --overwrite"
     if not os.path.isfile(path):
@@ -257,8 +258,8 @@ def check_data_dir(data_dir):
         if found != ntok:
             raise ShardError(
                 f"shard {shard} has {found} tokens but {path} lists {ntok}: it was replaced after fineweb.py wrote "
-                f"the data set. {remake[0].upper() + remake[1:]}, or, for shards from another tool, reindex them "
-                f"with python fineweb.py --index {data_dir} --overwrite"
+                f"the data set; {remake}, or reindex shards from another tool with python fineweb.py --index "
+                f"{data_dir} --overwrite"
             )
     return manifest
 
@@ -269,7 +270,7 @@ def find_shards(data_dir, split, vocab_size=None):
     (check_vocab). Raises NoShardsError (a ShardError and a FileNotFoundError) for a missing
     folder or split, ShardError for the rest."""
     if not os.path.isdir(data_dir):
-        check_data_dir(data_dir)  # raises: says the folder does not exist
+        raise _no_data_dir(data_dir)
     shards = sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
     if not shards:
         raise NoShardsError(
@@ -315,9 +316,7 @@ def write_manifest(out_dir, source=None):
     names = shard_names(out_dir)
     if not names:
         raise NoShardsError(f"{out_dir} holds no shards (*_val_*.bin, *_train_*.bin) to index")
-    err = _too_many_prefixes(out_dir, names)
-    if err:
-        raise err
+    _check_one_prefix(out_dir, names, flag="")
     names.sort(key=lambda n: (shard_split(n) != "val", n))  # val first, as fineweb.py writes them
     shards = [_shard_entry(n, load_shard(os.path.join(out_dir, n))) for n in names]
     train = [s["tokens"] for s in shards if s["split"] == "train"]
@@ -566,9 +565,10 @@ def check_out_dir(out_dir, overwrite=False):
     the folder, so shards of two runs must never mix."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise InputError(f"--out_dir {out_dir} is a file, not a folder; choose another --out_dir")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+    entries = len(os.listdir(out_dir)) if os.path.isdir(out_dir) else 0
+    if entries and not overwrite:
         raise InputError(
-            f"--out_dir {out_dir} is not empty ({len(os.listdir(out_dir))} entries); fineweb.py does not write into "
+            f"--out_dir {out_dir} is not empty ({entries} entr{'y' if entries == 1 else 'ies'}); fineweb.py does not write into "
             f"it so that shards of two runs never mix. Pass --overwrite to replace its shards and manifest once the "
             f"new set is complete (other files stay), or choose another --out_dir"
         )
@@ -613,7 +613,7 @@ def _staging(out_dir):
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_empty(made)
         if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
-            raise InputError(f"--out_dir {out_dir}: writing the shards failed ({e}); nothing was changed there") from e
+            raise InputError(f"--out_dir {out_dir}: writing the shards failed ({e}); this run's shards were removed") from e
         raise
 
 
@@ -911,8 +911,9 @@ def get_parser():
                           "--embedded; modded-nanogpt needs 10485760 or more)")
     out.add_argument("--overwrite", action="store_true",
                      help="if --out_dir (or --index's folder) holds a data set already, replace its shards and manifest once "
-                          "the new set is complete; a run that fails leaves them as they were, and other files are kept. "
-                          "Without it, a run into a non-empty --out_dir is refused and changes nothing")
+                          "the new set is complete (so the disk must hold both until then); a run that fails leaves them "
+                          "as they were, and other files are kept. Without it, a run into a non-empty --out_dir is refused "
+                          "and changes nothing")
     a("--index", default=None, metavar="DIR",
       help="instead of making shards, write DIR/manifest.json for the shards already in DIR (made by llm.c, "
            "modded-nanogpt or another tool in this format), which train_gpt2.py needs (default: none)")
