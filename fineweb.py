@@ -787,15 +787,20 @@ def prepare_embedded(out_dir=EMBEDDED_OUT_DIR, shard_size=SHARD_SIZE, val_tokens
 # benchmark: this pipeline against plain tiktoken on the same documents
 
 
-def benchmark(documents, num_proc, rounds=3, chunk_chars=1 << 20):
+def benchmark(documents, num_proc, rounds=3, chunk_chars=None):
     """Tokens/s of write_shards (tokenize, delimit, check, shard, write, on num_proc worker
     processes) and of tiktoken's encode_ordinary_batch with num_proc threads, best of rounds,
     alternating the two so that a noisy machine penalizes both alike. Both count the documents'
-    tokens only (not the EOTs the pipeline adds), and their tokens are checked to be equal."""
+    tokens only (not the EOTs the pipeline adds), and their tokens are checked to be equal.
+    chunk_chars defaults to what gives each worker 8 chunks (at most write_shards' 1 MiB): a real
+    run has thousands of chunks, and a benchmark of a few MB in 1 MiB chunks would leave workers
+    idle and time that instead."""
     from model import get_tokenizer
 
     enc = get_tokenizer()
     documents = list(documents)
+    if chunk_chars is None:
+        chunk_chars = max(1, min(1 << 20, sum(map(len, documents)) // (8 * num_proc)))
     ref = enc.encode_ordinary_batch(documents, num_threads=num_proc)
     num_tokens = sum(map(len, ref))
     expected = np.fromiter(itertools.chain.from_iterable([enc.eot_token] + r for r in ref), dtype=np.int64)
