@@ -50,12 +50,9 @@ multiple of 32; the padding is masked out of every loss) and splits them over DD
 --benchmark times it against build-nanogpt's loop of one example per forward.
 """
 
-import argparse
 import contextlib
 import json
-import logging
 import os
-import pickle
 import time
 import urllib.error
 import urllib.request
@@ -65,8 +62,8 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
-from model import (GPT2_EOT, GPT2_VOCAB_SIZE, HF_GPT2_NAMES, UserError, default_device, exit_on_user_error,
-                   get_tokenizer, load_model)
+from model import (GPT2_EOT, GPT2_VOCAB_SIZE, HF_GPT2_NAMES, ArgumentParser, UserError, exit_on_user_error,
+                   get_tokenizer, is_hub_name, load_hf_gpt2, load_model, resolve_device)
 
 DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 SPLITS = ("train", "val", "test")
@@ -496,11 +493,6 @@ def _one_line(e, n=300):
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def is_hub_name(name):
-    """Whether --model names one of OpenAI's GPT-2s on the Hugging Face hub (and no local path)."""
-    return name in HF_GPT2_NAMES and not os.path.exists(name)
-
-
 def hub_model_needs_network(name):
     """Whether --model is a GPT-2 name that transformers must fetch from the Hugging Face hub:
     not already in the local Hugging Face cache."""
@@ -509,19 +501,6 @@ def hub_model_needs_network(name):
     from huggingface_hub import try_to_load_from_cache
 
     return not isinstance(try_to_load_from_cache(name, "config.json"), str)
-
-
-@contextlib.contextmanager
-def _quiet_hub():
-    """huggingface_hub logs a line per retry (5 over about 25 s) before it gives up on an
-    unreachable hub; the one line of ModelLoadError says it instead."""
-    log = logging.getLogger("huggingface_hub")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def load_for_eval(name_or_path, device):
@@ -533,11 +512,8 @@ def load_for_eval(name_or_path, device):
         try:
             gpt = load_model(name_or_path, device)
         except Exception as e:  # a user's file fails in many ways: unpickling, missing keys, shapes
-            # torch's own message for an unreadable file suggests weights_only=False, which would let
-            # a stranger's file run code: not advice to pass on
-            why = "torch.load cannot read it" if isinstance(e, pickle.UnpicklingError) else _one_line(e)
             raise ModelLoadError(
-                f"--model {name_or_path}: could not load it as a train_gpt2.py checkpoint ({why}); give a "
+                f"--model {name_or_path}: could not load it as a train_gpt2.py checkpoint ({_one_line(e)}); give a "
                 f"model_XXXXX.pt that train_gpt2.py wrote, a Hugging Face GPT-2 directory, or one of "
                 f"{', '.join(HF_GPT2_NAMES)}"
             ) from e
@@ -546,18 +522,8 @@ def load_for_eval(name_or_path, device):
         return EvalModel(lambda idx: gpt(idx)[0], lambda idx: gpt(idx, return_hidden=True)[0], gpt.lm_head,
                          gpt.config.block_size)
 
-    from transformers import GPT2LMHeadModel
-
     try:
-        try:
-            # the local copy first: a directory, or a GPT-2 name already in the Hugging Face cache,
-            # loads without asking the hub
-            hf = GPT2LMHeadModel.from_pretrained(name_or_path, local_files_only=True)
-        except OSError:
-            if not is_hub_name(name_or_path):
-                raise
-            with _quiet_hub():
-                hf = GPT2LMHeadModel.from_pretrained(name_or_path)
+        hf = load_hf_gpt2(name_or_path)
     except Exception as e:  # no network, or a broken config.json or weights file
         if isinstance(e, OSError) and is_hub_name(name_or_path):
             first_line = str(e).partition("\n")[0]  # transformers' says what failed; the rest is a link
@@ -651,16 +617,8 @@ def benchmark(model, examples, device, batch_size=BATCH_SIZE, autocast=contextli
 # command line
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse's own errors (an unknown flag, a number that is not one) raised as UserErrors, so
-    that they reach the user in one line like every other mistake."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see python hellaswag.py --help)")
-
-
 def get_parser():
-    p = ArgumentParser(prog="hellaswag.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("hellaswag.py", description=__doc__)
     a = p.add_argument
     a("--model", default="gpt2",
       help=f"{'|'.join(HF_GPT2_NAMES)} (OpenAI's, from the Hugging Face hub) or a local Hugging Face GPT-2 directory, "
@@ -688,25 +646,6 @@ def get_parser():
     return p
 
 
-def check_device(device, cuda_count, mps_available):
-    """UserError naming --device unless device is one this machine has: cpu, cuda or cuda:N with
-    N < cuda_count (torch.cuda.device_count()), mps if mps_available."""
-    try:
-        d = torch.device(device)
-    except RuntimeError:
-        d = None
-    if d is None or d.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"--device {device}: expected cuda, cuda:N, mps or cpu")
-    if d.type == "cuda" and cuda_count == 0:
-        raise UserError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu, or leave --device out "
-                        f"for the best available")
-    if d.type == "cuda" and d.index is not None and d.index >= cuda_count:
-        raise UserError(f"--device {device}: torch sees {cuda_count} CUDA GPU(s), cuda:0 to cuda:{cuda_count - 1}")
-    if d.type == "mps" and not mps_available:
-        raise UserError(f"--device {device}: MPS is not available here; use --device cpu, or leave --device out "
-                        f"for the best available")
-
-
 def check_args(args):
     """Validate the flags once, before anything is loaded: UserErrors that name the flag."""
     for flag in ("limit", "batch_size", "benchmark_rounds"):
@@ -725,9 +664,7 @@ def check_args(args):
         if not os.path.isfile(os.path.join(m, "config.json")):
             raise UserError(f"--model {m} is a directory without config.json; give a Hugging Face GPT-2 directory "
                             f"(config.json + weights, as save_pretrained writes), or a checkpoint file .pt")
-    if args.device is not None:
-        mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
-        check_device(args.device, torch.cuda.device_count(), mps)
+    args.device = resolve_device(args.device or "auto")
     if args.out is not None and os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a directory; give a file name, such as "
                         f"{os.path.join(args.out, 'hellaswag.json')}")
@@ -750,7 +687,7 @@ def run(args):
     """hellaswag.py with parsed flags: the cheap checks and loads first (flags, data, then the
     model), so that a mistake shows before a model is fetched."""
     check_args(args)
-    device = args.device or default_device()
+    device = args.device
     if args.batch_size is None:
         args.batch_size = CPU_BATCH_SIZE if torch.device(device).type == "cpu" else BATCH_SIZE
     try:

@@ -12,6 +12,7 @@ directory, or one of our train_gpt2.py checkpoints:
 
 import argparse
 import hashlib
+import logging
 import os
 import shutil
 import sys
@@ -34,6 +35,26 @@ class UserError(Exception):
     download that was asked for. Every script's main() prints it as one line,
     `<script>: error: <message>`, and exits 2; any other exception is a bug of ours and keeps its
     traceback."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help with the script's docstring as written and every flag's default after its help; a
+    default of None (one that depends on other flags) is said in words in the help instead."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The argument parser of every script: argparse's own errors (an unknown flag, a number that
+    is not one) are raised as UserError, so that they reach the user in one line like every other
+    mistake."""
+
+    def __init__(self, prog, description=None, **kwargs):
+        super().__init__(prog=prog, description=description, formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message):
+        raise UserError(f"{message} (see python {self.prog} --help)")
 
 
 def exit_on_user_error(prog, fn, *args, **kwargs):
@@ -234,14 +255,12 @@ class GPT(nn.Module):
     def from_pretrained(cls, name_or_path):
         """OpenAI's GPT-2 ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', fetched by transformers)
         or a local directory holding a Hugging Face GPT-2 checkpoint (config.json + weights)."""
-        from transformers import GPT2LMHeadModel
-
         if name_or_path not in HF_GPT2_NAMES and not os.path.isdir(name_or_path):
             raise ValueError(
                 f"--model {name_or_path!r} is neither one of {', '.join(HF_GPT2_NAMES)} nor an "
                 f"existing directory with a Hugging Face GPT-2 checkpoint (config.json + weights)"
             )
-        hf = GPT2LMHeadModel.from_pretrained(name_or_path)
+        hf = load_hf_gpt2(name_or_path)
         config = config_from_hf(hf.config, source=name_or_path)
         model = cls(config)
         model.load_hf_state_dict(hf.state_dict(), source=name_or_path)
@@ -330,6 +349,32 @@ class GPT(nn.Module):
         hf.save_pretrained(out_dir)
         if vocab_size == GPT2_VOCAB_SIZE:
             save_hf_tokenizer(out_dir)
+
+
+def is_hub_name(name):
+    """Whether name is one of OpenAI's GPT-2s on the Hugging Face hub (and no local path)."""
+    return name in HF_GPT2_NAMES and not os.path.exists(name)
+
+
+def load_hf_gpt2(name_or_path):
+    """transformers' GPT2LMHeadModel of a local directory or a GPT-2 name. The local copy first: a
+    name already in the Hugging Face cache loads without asking the hub. Then the hub, with
+    huggingface_hub's line per retry (5 over about 25 s when it is unreachable) kept quiet: the
+    caller's one-line error says it instead. Raises OSError when the hub cannot be reached."""
+    from transformers import GPT2LMHeadModel
+
+    try:
+        return GPT2LMHeadModel.from_pretrained(name_or_path, local_files_only=True)
+    except OSError:
+        if not is_hub_name(name_or_path):
+            raise
+    log = logging.getLogger("huggingface_hub")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        return GPT2LMHeadModel.from_pretrained(name_or_path)
+    finally:
+        log.setLevel(level)
 
 
 def config_from_hf(hf_config, source="checkpoint"):
@@ -466,7 +511,11 @@ def load_model(name_or_path, device="cpu"):
     if os.path.isfile(name_or_path):
         # weights_only: a checkpoint is plain tensors and numbers, so loading one from someone
         # else cannot run code
-        ckpt = torch.load(name_or_path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(name_or_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, corrupt, not a torch file: torch says it in many ways
+            raise ValueError(f"torch.load cannot read it ({type(e).__name__}): it is truncated, corrupt or not "
+                             f"a train_gpt2.py checkpoint") from None
         if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
             raise ValueError(f"{name_or_path} is not a train_gpt2.py checkpoint (no 'model' and 'config' entries)")
         model = GPT(GPTConfig(**ckpt["config"]))
@@ -513,32 +562,81 @@ def sample_text(model, prompt, num_samples, max_new_tokens, device, top_k=50, te
     return [enc.decode(row.tolist()) for row in out]
 
 
+def resolve_device(device_arg="auto", cuda_count=None, mps_available=None, local_rank=None):
+    """The torch device for a --device flag: auto (cuda, then mps, then cpu), cuda, cuda:N, mps or
+    cpu; a UserError naming the flag for one this machine lacks. cuda_count and mps_available are
+    this machine's unless given (a test gives a GPU machine's). local_rank: under torchrun, each
+    process takes the GPU of its LOCAL_RANK."""
+    if cuda_count is None:
+        cuda_count = torch.cuda.device_count()
+    if mps_available is None:
+        mps_available = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    if device_arg == "auto":
+        device_arg = "cuda" if cuda_count else "mps" if mps_available else "cpu"
+    kind, _, index = device_arg.partition(":")
+    if kind not in ("cuda", "mps", "cpu") or (index and not (kind == "cuda" and index.isdigit())):
+        raise UserError(f"--device {device_arg}: expected auto, cuda, cuda:N, mps or cpu")
+    if kind == "cuda":
+        if cuda_count == 0:
+            raise UserError(f"--device {device_arg}: this machine has no CUDA GPU (torch sees none); use --device cpu")
+        if local_rank is not None:
+            if index:
+                raise UserError(f"--device {device_arg}: under torchrun each process takes the GPU of its LOCAL_RANK; say --device cuda")
+            index = str(local_rank)  # one process per GPU
+        index = int(index or 0)
+        if index >= cuda_count:
+            raise UserError(f"--device {device_arg}: GPU {index} does not exist, torch sees {cuda_count}"
+                            + (f"; start at most {cuda_count} processes per node (--nproc_per_node)" if local_rank is not None else ""))
+        return f"cuda:{index}"
+    if kind == "mps":
+        if not mps_available:
+            raise UserError(f"--device {device_arg}: this machine has no Apple GPU (MPS); use --device cpu")
+        if local_rank is not None:
+            raise UserError("--device mps does not run under torchrun; use cuda (NCCL) or cpu (gloo)")
+    return kind
+
+
 def default_device():
-    if torch.cuda.is_available():
-        return "cuda"
-    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return resolve_device("auto")
 
 
-def main():
-    parser = argparse.ArgumentParser(description="Sample from a GPT-2 model.")
-    parser.add_argument("--model", default="gpt2", help="gpt2|gpt2-medium|gpt2-large|gpt2-xl, a Hugging Face GPT-2 directory, or a train_gpt2.py checkpoint (.pt)")
-    parser.add_argument("--prompt", default="Hello, I'm a language model,")
-    parser.add_argument("--num_samples", type=int, default=5)
-    parser.add_argument("--max_new_tokens", type=int, default=30)
-    parser.add_argument("--top_k", type=int, default=50, help="sample among the k most likely tokens (0: all)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    args = parser.parse_args()
+def get_parser():
+    p = ArgumentParser("model.py", description=__doc__)
+    a = p.add_argument
+    a("--model", default="gpt2", help="gpt2|gpt2-medium|gpt2-large|gpt2-xl (downloaded once), a Hugging Face GPT-2 directory, or a train_gpt2.py checkpoint (.pt)")
+    a("--prompt", default="Hello, I'm a language model,", help="the text every sample continues")
+    a("--num_samples", type=int, default=5, help="how many samples")
+    a("--max_new_tokens", type=int, default=30, help="tokens sampled after the prompt")
+    a("--top_k", type=int, default=50, help="sample among the k most likely tokens (0: all)")
+    a("--temperature", type=float, default=1.0, help="divides the logits: below 1 sharper, above 1 flatter")
+    a("--seed", type=int, default=42, help="seed of the sampling generator")
+    a("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    return p
+
+
+def run(argv=None):
+    args = get_parser().parse_args(argv)
     if args.num_samples < 1 or args.max_new_tokens < 0 or args.top_k < 0:
-        parser.error("--num_samples must be >= 1, --max_new_tokens and --top_k >= 0")
-    device = args.device or default_device()
-    model = load_model(args.model, device)
+        raise UserError("--num_samples must be >= 1, --max_new_tokens and --top_k >= 0")
+    if not args.temperature > 0:
+        raise UserError(f"--temperature must be > 0, got {args.temperature}")
+    device = resolve_device(args.device or "auto")
+    try:
+        model = load_model(args.model, device)
+    except OSError as e:  # transformers could not fetch or read it
+        if is_hub_name(args.model):
+            raise UserError(f"--model {args.model} is downloaded from the Hugging Face hub, which could not be reached; "
+                            f"without a network, give a local Hugging Face GPT-2 directory or a train_gpt2.py checkpoint (.pt)") from None
+        raise UserError(f"--model {args.model}: cannot load it ({str(e).splitlines()[0][:160]})") from None
+    except (ValueError, RuntimeError, KeyError) as e:  # not a checkpoint of ours, or not GPT-2's layout
+        raise UserError(f"--model {args.model}: cannot load it ({str(e).splitlines()[0][:200]})") from None
     for text in sample_text(model, args.prompt, args.num_samples, args.max_new_tokens, device,
                             top_k=args.top_k or None, temperature=args.temperature, seed=args.seed):
         print(">", text)
+
+
+def main(argv=None):
+    exit_on_user_error("model.py", run, argv)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hellaswag
 from fineweb import EMBEDDED_OUT_DIR, ShardError, find_shards, load_shard, prepare_embedded, read_shard_header
-from model import GPT, GPTConfig, UserError, default_device, exit_on_user_error, generate, get_tokenizer
+from model import (GPT, ArgumentParser, GPTConfig, UserError, exit_on_user_error, generate, get_tokenizer,
+                   resolve_device)
 
 # -----------------------------------------------------------------------------
 # data loader
@@ -219,40 +220,12 @@ def sync(device):
         torch.mps.synchronize()
 
 
-def resolve_device(device_arg, ddp, local_rank, cuda_count, mps_available):
-    """The torch device of this process for --device; a UserError for one the machine lacks."""
-    if device_arg == "auto":
-        device_arg = "cuda" if cuda_count else "mps" if mps_available else "cpu"
-    kind, _, index = device_arg.partition(":")
-    if kind not in ("cuda", "mps", "cpu") or (index and not index.isdigit()):
-        raise UserError(f"--device {device_arg}: expected auto, cuda, cuda:N, mps or cpu")
-    if kind == "cuda":
-        if cuda_count == 0:
-            raise UserError(f"--device {device_arg}: this machine has no CUDA GPU (torch sees none); use --device cpu")
-        if ddp:
-            if index:
-                raise UserError(f"--device {device_arg}: under torchrun each process takes the GPU of its LOCAL_RANK; say --device cuda")
-            index = str(local_rank)  # one process per GPU
-        index = int(index or 0)
-        if index >= cuda_count:
-            raise UserError(f"--device: GPU {index} does not exist, torch sees {cuda_count}; "
-                            f"start at most {cuda_count} processes per node (--nproc_per_node)")
-        return f"cuda:{index}"
-    if kind == "mps":
-        if not mps_available:
-            raise UserError("--device mps: this machine has no Apple GPU; use --device cpu")
-        if ddp:
-            raise UserError("--device mps does not run under torchrun; use cuda (NCCL) or cpu (gloo)")
-    return kind
-
-
 def setup_distributed(device_arg):
     """(ddp, rank, world_size, device) from torchrun's environment."""
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
-    device = resolve_device(device_arg, ddp, local_rank, torch.cuda.device_count(), mps)
+    device = resolve_device(device_arg, local_rank=local_rank if ddp else None)
     if ddp:
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
@@ -340,10 +313,6 @@ RUN_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "init_fr
              "grad_clip", "seed")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
-
 def batch_size_arg(s):
     if s == "auto":
         return s
@@ -354,7 +323,7 @@ def batch_size_arg(s):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser("train_gpt2.py", description=__doc__)
     a = p.add_argument
     presets = "; ".join(f"{name}: " + (" ".join(f"--{k} {v}" for k, v in s.items()) or "the defaults below")
                         for name, s in PRESETS.items())

@@ -1,11 +1,12 @@
-"""The decisions train_gpt2.py takes only on GPUs, called with a GPU's values on CPU: the peak
-FLOPs of a device name, the TF32 setup, which device a process gets."""
+"""The decisions taken only on GPUs, called with a GPU's values on CPU: the peak FLOPs of a device
+name, the TF32 setup, which device a process gets (model.resolve_device, for every script), the
+micro-batch that fits."""
 
 import pytest
 import torch
 
 import train_gpt2
-from model import UserError
+from model import UserError, resolve_device
 
 # real torch.cuda.get_device_name() strings, and the dense datasheet peak each must get
 NAMES = [
@@ -85,20 +86,24 @@ def test_tf32_setup_does_nothing_on_cpu(restore_matmul_flags):
     ("cpu", True, 1, 8, False, "cpu"),
 ])
 def test_resolve_device(arg, ddp, local_rank, cuda_count, mps, expected):
-    assert train_gpt2.resolve_device(arg, ddp, local_rank, cuda_count, mps) == expected
+    assert resolve_device(arg, cuda_count, mps, local_rank if ddp else None) == expected
 
 
 @pytest.mark.parametrize("arg, ddp, local_rank, cuda_count, mps, message", [
     ("cuda", False, 0, 0, False, "--device cuda: this machine has no CUDA GPU"),
     ("cuda:2", False, 0, 2, False, "GPU 2 does not exist, torch sees 2"),
+    ("gpu", False, 0, 1, True, "--device gpu: expected auto, cuda, cuda:N, mps or cpu"),
+    ("meta", False, 0, 1, True, "--device meta: expected auto, cuda, cuda:N, mps or cpu"),
+    ("mps:0", False, 0, 0, True, "--device mps:0: expected auto"),
     ("cuda", True, 4, 4, False, "GPU 4 does not exist, torch sees 4; start at most 4 processes"),
     ("cuda:0", True, 0, 8, False, "under torchrun each process takes the GPU of its LOCAL_RANK"),
     ("mps", False, 0, 0, False, "--device mps: this machine has no Apple GPU"),
+    ("mps", True, 0, 0, True, "--device mps does not run under torchrun"),
     ("tpu", False, 0, 0, False, "--device tpu: expected auto, cuda, cuda:N, mps or cpu"),
 ])
 def test_resolve_device_refuses(arg, ddp, local_rank, cuda_count, mps, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
-        train_gpt2.resolve_device(arg, ddp, local_rank, cuda_count, mps)
+        resolve_device(arg, cuda_count, mps, local_rank if ddp else None)
 
 
 def test_find_batch_size_halves_until_it_fits():
