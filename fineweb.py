@@ -34,7 +34,6 @@ boundaries. The shards and a manifest.json are written into a temporary folder a
 llm.c's (see below).
 """
 
-import argparse
 import collections
 import contextlib
 import errno
@@ -53,7 +52,7 @@ import numpy as np
 
 # model.py imports torch, which costs a second or two at start-up; the tokenizer workers import
 # model anyway (tokenize_docs), and under fork they inherit it
-from model import GPT2_EOT, UserError, exit_on_user_error
+from model import GPT2_EOT, ArgumentParser, UserError, exit_on_user_error
 
 # -----------------------------------------------------------------------------
 # the shard format: llm.c's, so our shards also work with llm.c and modded-nanogpt.
@@ -873,26 +872,8 @@ shards for other tools:
 """
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The docstring as written, and every flag's default after its help; a default that depends
-    on other flags (None here) is said in words in the help instead."""
-
-    def _get_help_string(self, action):
-        if action.default is None:
-            return action.help
-        return super()._get_help_string(action)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse's own errors (an unknown flag, a number that is not one) raised as InputError, so
-    that they reach the user in one line like every other mistake."""
-
-    def error(self, message):
-        raise InputError(f"{message} (see python fineweb.py --help)")
-
-
 def get_parser():
-    p = ArgumentParser(prog="fineweb.py", description=__doc__, epilog=OTHER_TOOLS, formatter_class=HelpFormatter)
+    p = ArgumentParser("fineweb.py", description=__doc__, epilog=OTHER_TOOLS)
     a = p.add_argument
     src = p.add_argument_group("source (default: Hugging Face FineWeb-Edu, sample-10BT, train split)")
     src.add_argument("--dataset", default=None, help=f"Hugging Face dataset (default {DEFAULT_DATASET}; or HuggingFaceFW/fineweb)")

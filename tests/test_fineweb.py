@@ -436,17 +436,9 @@ def test_bad_invocations(bad_inputs, tmp_path, monkeypatch, capsys, argv, messag
         assert "needs the network" in err and "--input" in err and "--embedded" in err
 
 
-def test_help_gives_every_flag_a_text_and_its_default():
-    p = fineweb.get_parser()
-    formatter = fineweb.HelpFormatter("fineweb.py")
-    for action in p._actions:
-        if action.dest == "help":
-            continue
-        text = formatter._get_help_string(action)
-        assert action.help, action.dest
-        # a fixed default is shown by the formatter; one that depends on other flags is said in words
-        assert "%(default)s" in text if action.default is not None else "default" in text, action.dest
-    help_text = p.format_help()
+def test_help_text():
+    # (every flag's help and default, in every script: tests/test_cli.py)
+    help_text = fineweb.get_parser().format_help()
     assert "(default: 100000000)" in help_text and "--overwrite" in help_text and "pydoc_data.topics" in help_text
 
 
