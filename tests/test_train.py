@@ -69,6 +69,17 @@ def test_lr_schedule():
     (["--warmup_steps", "50", "--max_steps", "10"], "--warmup_steps 50 is more than --max_steps 10"),
     (["--vocab_size", "1000"], "--vocab_size 1000 is smaller than GPT-2's tokenizer"),
     (["--batch_size", "0"], "--batch_size must be positive"),
+    (["--grad_clip", "-1"], "--grad_clip must be a finite number >= 0, got -1.0"),
+    (["--weight_decay", "-0.1"], "--weight_decay must be a finite number >= 0, got -0.1"),
+    (["--max_lr", "nan"], "--max_lr must be a finite number > 0, got nan"),
+    (["--max_lr", "inf"], "--max_lr must be a finite number > 0, got inf"),
+    (["--min_lr_ratio", "nan"], "--min_lr_ratio must be in [0, 1], got nan"),
+    (["--stop_at_step", "0"], "--stop_at_step 0 must be in [1, --max_steps 2]"),
+    (["--device", "cuda"], "--device cuda: this machine has no CUDA GPU"),
+    (["--device", "tpu"], "--device tpu: expected auto, cuda, cuda:N, mps or cpu"),
+    (["--hellaswag", "--hellaswag_file", "nope.jsonl"], "--hellaswag_file nope.jsonl does not exist"),
+    (["--batch_size", "four"], "argument --batch_size: expected a number of sequences or 'auto', got 'four'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_flags(data_dir, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as e:
@@ -76,6 +87,61 @@ def test_bad_flags(data_dir, tmp_path, capsys, flags, message):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("train_gpt2.py: error: ") and message in err and "Traceback" not in err
+
+
+def mixed_data_dir(d, data_dir):
+    """Shards of a second data set added to a finished one."""
+    import shutil
+
+    shutil.copytree(data_dir, d)
+    write_shard(str(d / "other_train_000001.bin"), np.arange(500))
+
+
+def unfinished_data_dir(d, data_dir):
+    """A data set whose fineweb.py run did not finish: one listed shard missing."""
+    import shutil
+
+    shutil.copytree(data_dir, d)
+    os.remove(d / "test_train_000003.bin")
+
+
+def malformed_hellaswag(d):
+    d.mkdir()
+    (d / "hs.jsonl").write_text('{"ctx": "a", "endings": ["b", "c"], "label": 0}\n')
+
+
+@pytest.mark.parametrize("case, flags, message", [
+    ("mixed", [], "other"),
+    ("unfinished", [], "test_train_000003.bin"),
+    ("vocab", ["--vocab_size", "50257"], "test_train_000002.bin"),
+    ("hellaswag", ["--hellaswag", "--hellaswag_file", "{d}/hs.jsonl"], "hs.jsonl line 1"),
+    ("preset", ["--preset", "cpu", "--data_dir", "{d}/data/pydocs"], "the cpu preset prepares its corpus in data/pydoc"),
+])
+def test_bad_data_is_refused_at_start_up(data_dir, tmp_path, capsys, case, flags, message):
+    """Data that would train on the wrong thing, or drop an evaluation the user asked for, stops the
+    run at start-up with one line naming the file; nothing is written."""
+    d = tmp_path / "data"
+    if case == "mixed":
+        mixed_data_dir(d, data_dir)
+    elif case == "unfinished":
+        unfinished_data_dir(d, data_dir)
+    elif case == "vocab":
+        # a token id of 50300 in a shard, for a model whose vocabulary ends at 50257
+        import shutil
+
+        shutil.copytree(data_dir, d)
+        write_shard(str(d / "test_train_000002.bin"), np.full(800, 50300))
+        write_manifest(str(d))
+    elif case == "hellaswag":
+        malformed_hellaswag(d)
+    flags = [f.format(d=d) for f in flags]
+    with pytest.raises(SystemExit) as e:
+        train_gpt2.main(["--data_dir", data_dir if case in ("hellaswag", "preset") else str(d), "--log_dir", str(tmp_path / "log"),
+                         *TINY, "--total_batch_size", "64", "--max_steps", "2", *flags])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("train_gpt2.py: error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "log" / "model_00002.pt")
 
 
 def test_missing_data_dir(tmp_path, capsys):
