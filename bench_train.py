@@ -44,8 +44,7 @@ def make_data(data_dir, tokens):
     rng = np.random.default_rng(0)
     fineweb.write_shard(os.path.join(data_dir, "bench_val_000000.bin"), rng.integers(0, 50257, 4096))
     fineweb.write_shard(os.path.join(data_dir, "bench_train_000001.bin"), rng.integers(0, 50257, tokens))
-    if hasattr(fineweb, "write_manifest"):  # training data is read only with its manifest beside it
-        fineweb.write_manifest(data_dir)
+    fineweb.write_manifest(data_dir)  # training data is read only with its manifest beside it
 
 
 # -----------------------------------------------------------------------------
