@@ -26,11 +26,13 @@ object per event), loss.png (train/val loss and HellaSwag), model_XXXXX.pt check
 
 import argparse
 import contextlib
+import gc
 import glob
 import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 import uuid
@@ -39,6 +41,10 @@ from dataclasses import asdict
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hellaswag
@@ -271,6 +277,104 @@ def broadcast_from_master(obj, ddp):
 
 
 # -----------------------------------------------------------------------------
+# FSDP (--fsdp): parameters, gradients and AdamW state sharded over the ranks, through PyTorch's
+# own FSDP2 (fully_shard) and torch.distributed.checkpoint
+
+
+def apply_fsdp(model, dtype):
+    """Shard a GPT over all ranks (ZeRO-3). Every Block is one unit: its parameters are gathered
+    just before its forward (and again before its backward) and freed after, so only a block or two
+    is ever whole on a rank; the root unit takes the rest: wte (which is lm_head, tied), wpe, ln_f.
+    fully_shard turns the parameters into DTensors in place, so the optimizer is built after."""
+    if dtype == "bfloat16":
+        # compute in bf16 from fp32 master weights, as autocast does under DDP; gradients are
+        # reduced in fp32 so that averaging over ranks loses no precision
+        mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    else:
+        mp_policy = MixedPrecisionPolicy()  # float32 (float16 is autocast's, as under DDP)
+    blocks = model.transformer.h
+    for i, block in enumerate(blocks):
+        # the last block is needed again as soon as backward starts: freeing it after its
+        # forward would only buy an all-gather straight away
+        fully_shard(block, mp_policy=mp_policy, reshard_after_forward=i < len(blocks) - 1)
+    fully_shard(model, mp_policy=mp_policy)
+    # the tied matrix is one Parameter, so it is sharded once and both modules keep the same
+    # DTensor; were it ever untied, the two copies would drift apart without a word
+    if model.transformer.wte.weight is not model.lm_head.weight:
+        raise RuntimeError("fully_shard untied transformer.wte.weight and lm_head.weight")
+    return model
+
+
+@contextlib.contextmanager
+def gathered(model):
+    """Every rank enters together; inside, each holds the whole model and a forward needs no other
+    rank. Under FSDP a forward is collective (each block all-gathers), so forwards that ranks do
+    unevenly (sampling on rank 0 alone, HellaSwag's uneven shares) would wait on each other
+    forever. A no-op for a model that is not sharded."""
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        yield
+        return
+    model.set_reshard_after_forward(False)  # every unit keeps what it gathers
+    for m in units:
+        m.unshard()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m in units:
+            m.reshard()
+        blocks = model.transformer.h  # back to apply_fsdp's setting
+        for i, block in enumerate(blocks):
+            block.set_reshard_after_forward(i < len(blocks) - 1, recurse=False)
+        model.set_reshard_after_forward(False, recurse=False)
+
+
+TRAIN_STATE = "train_state.pt"  # in a sharded checkpoint folder: everything but the tensors' shards
+
+
+def save_sharded_checkpoint(ckpt_dir, model, optimizer, train_state, master):
+    """Every rank writes its shards of the model and optimizer into the folder ckpt_dir (DCP's
+    format), rank 0 adds train_state; collective. Written under a temporary name and renamed
+    when complete, as save_checkpoint does. With several nodes ckpt_dir must be shared."""
+    tmp = ckpt_dir + ".tmp"
+    if master and os.path.isdir(tmp):
+        shutil.rmtree(tmp)  # what an earlier crash left behind
+    dist.barrier()
+    # keyed by parameter name (GPT.state_dict()'s keys), so that it loads at any world size
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp)
+    if master:
+        torch.save(train_state, os.path.join(tmp, TRAIN_STATE))
+        if os.path.isdir(ckpt_dir):
+            shutil.rmtree(ckpt_dir)
+        os.replace(tmp, ckpt_dir)
+    dist.barrier()  # no rank goes on before the checkpoint is in place
+
+
+def load_sharded_checkpoint(ckpt_dir, model, optimizer):
+    """The model and optimizer of a sharded checkpoint, into a model sharded at any world size,
+    or into a plain one (each rank reads the parts of the saved shards that overlap its own)."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)  # the templates DCP loads into, in place
+    state = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(state, checkpoint_id=ckpt_dir)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def consolidate_checkpoint(ckpt_dir, weight_decay=0.1):
+    """A sharded checkpoint folder as our single-file checkpoint, ckpt_dir + '.pt', which
+    hellaswag.py, model.py (and save_pretrained) and --resume read. One process, the whole model
+    and AdamW state in CPU memory (16 bytes a parameter)."""
+    state = load_checkpoint(ckpt_dir)
+    model = GPT(GPTConfig(**state["config"]))
+    optimizer = model.configure_optimizers(weight_decay, state["args"]["max_lr"], "cpu")
+    load_sharded_checkpoint(ckpt_dir, model, optimizer)
+    out = ckpt_dir.rstrip("/") + ".pt"
+    save_checkpoint(out, {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
+    return out
+
+
+# -----------------------------------------------------------------------------
 # command line
 
 # the GPT-2 family: shapes from the GPT-2 paper (table 2); learning rate, batch and tokens from
@@ -373,6 +477,12 @@ def get_parser():
     a("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
       help="autocast dtype of the forward pass (float16 with loss scaling, for GPUs without bf16), or plain float32")
     a("--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile the model")
+    a("--fsdp", action="store_true",
+      help="shard parameters, gradients and AdamW state over the ranks (FSDP2, under torchrun) instead of DDP; "
+           "checkpoints become folders that torch.distributed.checkpoint writes and reads at any number of ranks")
+    a("--consolidate", metavar="DIR", default=None,
+      help="only write DIR.pt, the single-file checkpoint of the sharded checkpoint folder DIR (for hellaswag.py, "
+           "model.py, save_pretrained), and exit")
     a("--activation_checkpointing", action="store_true",
       help="recompute each block's activations in backward instead of storing them: less memory, about 1/3 more compute")
     a("--log_every", type=int, default=1, help="print a training line every this many steps")
@@ -450,14 +560,19 @@ def find_batch_size(try_batch, max_batch_size):
     backward of b sequences) does not run out of memory."""
     b = 1 << (max_batch_size.bit_length() - 1)
     while b >= 1:
+        fits = True
         try:
             try_batch(b)
-            return b
         except torch.OutOfMemoryError:
-            b //= 2
-        finally:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            fits = False
+        # outside the except clause, whose traceback holds the failed try's tensors: free them
+        # before the next, smaller try
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if fits:
+            return b
+        b //= 2
     raise UserError("--batch_size auto: even one sequence does not fit in this GPU's memory; try "
                     "--activation_checkpointing, a shorter --seq_len, or a smaller model")
 
@@ -466,16 +581,17 @@ def find_batch_size(try_batch, max_batch_size):
 # checkpoints and logs
 
 
-def checkpoint_path(log_dir, step):
-    return os.path.join(log_dir, f"model_{step:05d}.pt")
+def checkpoint_path(log_dir, step, sharded=False):
+    """model_XXXXX.pt, or the folder model_XXXXX of a sharded (--fsdp) checkpoint."""
+    return os.path.join(log_dir, f"model_{step:05d}" + ("" if sharded else ".pt"))
 
 
 def list_checkpoints(log_dir):
-    """The checkpoints in log_dir, lowest step first."""
+    """The checkpoints in log_dir, files and sharded folders, lowest step first."""
     found = []
-    for path in glob.glob(os.path.join(log_dir, "model_*.pt")):
-        m = re.fullmatch(r"model_(\d+)\.pt", os.path.basename(path))
-        if m:
+    for path in glob.glob(os.path.join(log_dir, "model_*")):
+        m = re.fullmatch(r"model_(\d+)(\.pt)?", os.path.basename(path))
+        if m and (os.path.isfile(path) if m.group(2) else os.path.isfile(os.path.join(path, TRAIN_STATE))):
             found.append((int(m.group(1)), path))
     return [path for _, path in sorted(found)]
 
@@ -502,12 +618,15 @@ def save_checkpoint(path, state):
 
 
 def load_checkpoint(path, mmap=False):
-    """A checkpoint's contents; a UserError naming the file (and the one before it) when it cannot
-    be read. weights_only: a checkpoint is plain tensors and numbers, so loading one from someone
-    else cannot run code. mmap: tensors are read only when used (for a look at 'args')."""
+    """A checkpoint's contents (of a sharded folder: all but the model and optimizer, which
+    load_sharded_checkpoint reads); a UserError naming the file (and the one before it) when it
+    cannot be read. weights_only: a checkpoint is plain tensors and numbers, so loading one from
+    someone else cannot run code. mmap: tensors are read only when used (for a look at 'args')."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        if not isinstance(ckpt, dict) or not {"model", "config", "step", "args"} <= set(ckpt):
+        sharded = os.path.isdir(path)
+        ckpt = torch.load(os.path.join(path, TRAIN_STATE) if sharded else path, map_location="cpu",
+                          weights_only=True, mmap=mmap and not sharded)
+        if not isinstance(ckpt, dict) or not {"config", "step", "args"} <= set(ckpt) or not (sharded or "model" in ckpt):
             raise ValueError("not a train_gpt2.py checkpoint")
         return ckpt
     except Exception as e:  # truncated, corrupt, or not ours: torch says it in many ways
@@ -549,11 +668,14 @@ def find_resume_checkpoint(args, ddp, rank):
         return None, None, {}
     # rank 0 resolves "latest", so that every rank loads the same file
     path = broadcast_from_master(latest_checkpoint(args.log_dir) if args.resume == "latest" else args.resume, ddp)
-    if path is None or not os.path.isfile(path):
+    if path is None or not os.path.exists(path):
         where = f"in --log_dir {args.log_dir}" if args.resume == "latest" else path
         raise UserError(f"--resume: no checkpoint {where} (on rank {rank}: the ranks of a multi-node run need "
                         f"a shared --log_dir); start without --resume")
     ckpt = load_checkpoint(path)
+    if args.fsdp and "model" in ckpt:
+        raise UserError(f"--resume {path}: a single-file checkpoint continues without --fsdp; --fsdp resumes "
+                        f"the sharded checkpoint folders it writes")
     changed = check_resume(args, ckpt, path)
     other = latest_checkpoint(args.log_dir)
     if other and ckpt.get("run_id") != load_checkpoint(other, mmap=True).get("run_id"):
@@ -567,7 +689,8 @@ def build_model(args, ckpt):
     torch.manual_seed(args.seed)  # the only randomness of a run: the initial weights
     if ckpt is not None:
         model = GPT(GPTConfig(**ckpt["config"]))
-        model.load_state_dict(ckpt["model"])
+        if "model" in ckpt:  # a sharded checkpoint's weights are loaded once the model is sharded
+            model.load_state_dict(ckpt["model"])
     elif args.init_from:
         try:
             model = GPT.from_pretrained(args.init_from)
@@ -591,7 +714,7 @@ def start_log_dir(args, master):
         old = list_checkpoints(args.log_dir) + [p for p in (os.path.join(args.log_dir, n) for n in ("log.jsonl", "loss.png"))
                                                 if os.path.exists(p)]
         for path in old:
-            os.remove(path)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         if old:
             print(f"--overwrite: deleted {len(old)} files of the previous run in {args.log_dir}")
     os.makedirs(args.log_dir, exist_ok=True)
@@ -663,9 +786,13 @@ def plot_log(log_path, png_path, baselines):
 
 def train_step(model, optimizer, train_loader, grad_accum_steps, autocast, device, grad_clip, scaler):
     """Forward and backward over grad_accum_steps micro-batches and the gradient clipping; the
-    caller sets the LR before and steps the optimizer after. model may be DDP-wrapped. Returns
-    the mean loss over micro-steps and ranks, and the gradient norm before clipping."""
+    caller sets the LR before and steps the optimizer after. model may be DDP-wrapped or
+    FSDP-sharded, compiled or not. Returns the mean loss over micro-steps and ranks, and the
+    gradient norm before clipping."""
     ddp = isinstance(model, DDP)
+    # FSDP shards the GPT itself, which torch.compile then wraps (as _orig_mod)
+    sharded = getattr(model, "_orig_mod", model)
+    fsdp = isinstance(sharded, FSDPModule)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     loss_accum = torch.zeros((), device=device)
@@ -673,8 +800,12 @@ def train_step(model, optimizer, train_loader, grad_accum_steps, autocast, devic
         x, y = train_loader.next_batch()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         # DDP all-reduces gradients during backward; only the last micro-step's backward needs
-        # it, so the others run under no_sync (which must be entered before the forward pass)
+        # it, so the others run under no_sync (which must be entered before the forward pass).
+        # FSDP likewise reduce-scatters only on the last; until then each rank keeps the whole
+        # model's gradients, as DDP does
         last = micro_step == grad_accum_steps - 1
+        if fsdp:
+            sharded.set_requires_gradient_sync(last)
         with (model.no_sync() if ddp and not last else contextlib.nullcontext()):
             with autocast:
                 loss = model(x, y)[1]  # the logits are not kept alive through backward
@@ -684,10 +815,14 @@ def train_step(model, optimizer, train_loader, grad_accum_steps, autocast, devic
             loss_accum += loss.detach()
             # float16: the loss is scaled up so that small gradients do not underflow
             scaler.scale(loss).backward()
-    all_reduce_mean(loss_accum, ddp)
+    all_reduce_mean(loss_accum, ddp or fsdp)
     scaler.unscale_(optimizer)  # clip the true gradients (a no-op without float16)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    # over FSDP's sharded gradients this all-reduces the shards' squared norms and scales every
+    # shard by the one global factor; the norm comes back as a replicated DTensor
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
     return loss_accum, norm
 
 
@@ -724,20 +859,21 @@ def evaluate(step, args, model, train_model, infer_model, val_loader, hella_exam
     master = rank == 0
     event = {"step": step, "val_loss": validation_loss(train_model, val_loader, args.val_steps, autocast, device, ddp)}
     msg = f"step {step:5d} | val loss {event['val_loss']:.4f}"
-    if hella_examples is not None:
-        n, correct, correct_norm = hellaswag_counts(infer_model, model.lm_head, hella_examples, autocast, device,
-                                                    model.config.block_size, rank, ddp)
-        event.update(hellaswag_acc=correct / n, hellaswag_acc_norm=correct_norm / n, hellaswag_n=n)
-        msg += f" | HellaSwag acc_norm {correct_norm}/{n} = {correct_norm / n:.4f}"
-    if master and args.num_samples:
-        # rank 0 alone: sampling needs no other rank, so no rank waits on a collective
-        enc = get_tokenizer()
-        prompt = torch.tensor(enc.encode_ordinary(args.prompt), dtype=torch.long, device=device)
-        idx = prompt.unsqueeze(0).repeat(args.num_samples, 1)  # (num_samples, T)
-        gen = torch.Generator(device=device).manual_seed(42)
-        with autocast:
-            out = generate(infer_model, idx, args.sample_len, top_k=50, generator=gen, block_size=model.config.block_size)
-        event["samples"] = [enc.decode(row.tolist()) for row in out]
+    with gathered(model) if hella_examples is not None or args.num_samples else contextlib.nullcontext():
+        if hella_examples is not None:
+            n, correct, correct_norm = hellaswag_counts(infer_model, model.lm_head, hella_examples, autocast, device,
+                                                        model.config.block_size, rank, ddp)
+            event.update(hellaswag_acc=correct / n, hellaswag_acc_norm=correct_norm / n, hellaswag_n=n)
+            msg += f" | HellaSwag acc_norm {correct_norm}/{n} = {correct_norm / n:.4f}"
+        if master and args.num_samples:
+            # rank 0 alone: sampling needs no other rank, so no rank waits on a collective
+            enc = get_tokenizer()
+            prompt = torch.tensor(enc.encode_ordinary(args.prompt), dtype=torch.long, device=device)
+            idx = prompt.unsqueeze(0).repeat(args.num_samples, 1)  # (num_samples, T)
+            gen = torch.Generator(device=device).manual_seed(42)
+            with autocast:
+                out = generate(infer_model, idx, args.sample_len, top_k=50, generator=gen, block_size=model.config.block_size)
+            event["samples"] = [enc.decode(row.tolist()) for row in out]
     if master:
         print(msg)
         for text in event.get("samples", []):
@@ -780,7 +916,14 @@ def main(argv=None):
 
 def run(argv=None):
     args = parse_args(argv)
+    if args.consolidate:
+        if not os.path.isfile(os.path.join(args.consolidate, TRAIN_STATE)):
+            raise UserError(f"--consolidate {args.consolidate} is not a sharded checkpoint folder (no {TRAIN_STATE} in it)")
+        print(f"wrote {consolidate_checkpoint(args.consolidate)}")
+        return None
     check_args(args)
+    if args.fsdp and "RANK" not in os.environ:
+        raise UserError("--fsdp runs under torchrun: torchrun --standalone --nproc_per_node=N train_gpt2.py --fsdp (N may be 1)")
     ddp, rank, world_size, device = setup_distributed(args.device)
     try:
         return train(args, ddp, rank, world_size, device)
@@ -832,11 +975,16 @@ def train(args, ddp, rank, world_size, device):
                                 vocab_size=config.vocab_size)
     hella_examples = load_hellaswag(args, ddp) if args.hellaswag else None
 
-    # ---- the optimizer, and the state of a resumed run
+    # ---- FSDP, the optimizer (of the sharded parameters), and the state of a resumed run
+    if args.fsdp:
+        apply_fsdp(model, args.dtype)
     optimizer = model.configure_optimizers(args.weight_decay, args.max_lr, device_type, verbose=master)
     start_step, val_loss, run_id = 0, None, uuid.uuid4().hex
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if "model" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        else:  # a sharded folder, written at any number of ranks
+            load_sharded_checkpoint(resume_path, model, optimizer)
         scaler.load_state_dict(ckpt.get("scaler", {}))
         train_loader.load_state_dict(ckpt["train_loader"])
         start_step, val_loss, run_id = ckpt["step"], ckpt["val_loss"], ckpt.get("run_id", run_id)
@@ -849,12 +997,13 @@ def train(args, ddp, rank, world_size, device):
     # ---- compile and DDP. model is the GPT itself: checkpoints store it. Training and validation
     # run through train_model (one static shape, compiled once, DDP-wrapped); HellaSwag and
     # sampling see a new length at every call, so they get their own compilation with dynamic
-    # shapes (a static graph would recompile per length), without DDP
+    # shapes (a static graph would recompile per length), without DDP (under FSDP they run eager
+    # on the gathered model: see gathered)
     train_model = infer_model = model
     if args.compile:
         train_model = torch.compile(model, dynamic=False)
-        infer_model = torch.compile(model, dynamic=True)
-    if ddp:
+        infer_model = model if args.fsdp else torch.compile(model, dynamic=True)
+    if ddp and not args.fsdp:
         train_model = DDP(train_model, device_ids=[device] if device_type == "cuda" else None)
 
     tokens_per_step = args.total_batch_size
@@ -874,13 +1023,14 @@ def train(args, ddp, rank, world_size, device):
         if (step % args.eval_every == 0 or step == args.max_steps) and not (args.resume and step == start_step):
             val_loss = evaluate(step, args, model, train_model, infer_model, val_loader, hella_examples, autocast,
                                 device, rank, ddp, logger)
-        if step > start_step and (step % args.save_every == 0 or last_step) and master:
-            path = checkpoint_path(args.log_dir, step)
-            save_checkpoint(path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "step": step, "config": asdict(config), "args": vars(args), "run_id": run_id,
-                "train_loader": train_loader.state_dict(), "val_loss": val_loss,
-            })
+        if step > start_step and (step % args.save_every == 0 or last_step):
+            path = checkpoint_path(args.log_dir, step, sharded=args.fsdp)
+            state = {"scaler": scaler.state_dict(), "step": step, "config": asdict(config), "args": vars(args),
+                     "run_id": run_id, "train_loader": train_loader.state_dict(), "val_loss": val_loss}
+            if args.fsdp:  # every rank writes its shards
+                save_sharded_checkpoint(path, model, optimizer, state, master)
+            elif master:
+                save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state})
             say(f"saved {path}")
         if last_step:
             break
@@ -919,18 +1069,20 @@ def train(args, ddp, rank, world_size, device):
 
 def auto_batch_size(model, args, autocast, device, ddp):
     """--batch_size auto: the largest power of two up to the preset's micro-batch whose forward and
-    backward fit on this GPU (eager, which needs at least the memory of the compiled step), the
-    smallest over all ranks."""
+    backward fit on this GPU, the smallest over all ranks. Tried eager and unsharded, before
+    torch.compile and FSDP, which need less: the answer errs small, never into an out-of-memory."""
     if not device.startswith("cuda"):
         raise UserError("--batch_size auto works on CUDA GPUs only; give a number of sequences")
     max_batch_size = PRESETS[args.preset].get("batch_size", get_parser().get_default("batch_size"))
 
     def try_batch(b):
         x = torch.zeros((b, args.seq_len), dtype=torch.long, device=device)
-        with autocast:
-            loss = model(x, x)[1]
-        loss.backward()
-        model.zero_grad(set_to_none=True)
+        try:
+            with autocast:
+                loss = model(x, x)[1]
+            loss.backward()
+        finally:
+            model.zero_grad(set_to_none=True)  # a try that failed in backward leaves no gradients
 
     b = torch.tensor(find_batch_size(try_batch, max_batch_size), device=device)
     if ddp:

@@ -534,3 +534,21 @@ def test_cli_help():
     r = subprocess.run([sys.executable, "model.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "--model" in r.stdout and "--max_new_tokens" in r.stdout
+
+
+def test_activation_checkpointing_changes_nothing_but_memory():
+    """GPT.activation_checkpointing (train_gpt2.py --activation_checkpointing) recomputes each block
+    in backward: the same loss and gradients to 1e-6, and in eval mode nothing is recomputed."""
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=32, vocab_size=300, n_layer=3, n_head=2, n_embd=32))
+    idx = torch.randint(0, 300, (4, 32))
+    grads = []
+    for on in (False, True):
+        m.zero_grad()
+        m.activation_checkpointing = on
+        loss = m(idx, idx)[1]
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=1e-6)
+    for n, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][n], g, rtol=0, atol=1e-6, msg=n)
