@@ -985,7 +985,8 @@ def train(args, ddp, rank, world_size, device):
             optimizer.load_state_dict(ckpt["optimizer"])
         else:  # a sharded folder, written at any number of ranks
             load_sharded_checkpoint(resume_path, model, optimizer)
-        scaler.load_state_dict(ckpt.get("scaler", {}))
+        if ckpt.get("scaler"):  # (empty from a run without float16, which may switch to it now)
+            scaler.load_state_dict(ckpt["scaler"])
         train_loader.load_state_dict(ckpt["train_loader"])
         start_step, val_loss, run_id = ckpt["step"], ckpt["val_loss"], ckpt.get("run_id", run_id)
         say(f"resuming {resume_path} at step {start_step}" + "".join(
