@@ -884,6 +884,23 @@ def evaluate(step, args, model, train_model, infer_model, val_loader, hella_exam
     return event["val_loss"]
 
 
+def make_loaders(args, rank, world_size, vocab_size, ddp):
+    """The train and validation loaders of --data_dir. The cpu preset's embedded corpus needs no
+    network: rank 0 makes its shards on first use, and every rank waits for that, whatever it
+    finds on disk."""
+    if args.preset == "cpu" and args.data_dir == EMBEDDED_OUT_DIR:
+        if rank == 0 and not os.path.isdir(args.data_dir):
+            print(f"preparing the embedded corpus (CPython's reference docs) in {args.data_dir}")
+            prepare_embedded(args.data_dir)
+        if ddp:
+            dist.barrier()
+    train_loader = DataLoaderLite(args.batch_size, args.seq_len, rank, world_size, "train", args.data_dir,
+                                  step_tokens=args.total_batch_size, vocab_size=vocab_size)
+    val_loader = DataLoaderLite(args.batch_size, args.seq_len, rank, world_size, "val", args.data_dir,
+                                vocab_size=vocab_size)
+    return train_loader, val_loader
+
+
 def load_hellaswag(args, ddp):
     """The HellaSwag examples, loaded by rank 0 and sent to the others (a worker node needs neither
     the file nor the network), or None when the default download is unreachable. A --hellaswag_file
@@ -961,18 +978,7 @@ def train(args, ddp, rank, world_size, device):
     grad_accum_steps = grad_accum_steps_for(args, world_size)
 
     # ---- data
-    if args.preset == "cpu" and args.data_dir == EMBEDDED_OUT_DIR:
-        # the embedded corpus needs no network: rank 0 makes its shards on first use, and every
-        # rank waits for that, whatever it finds on disk
-        if master and not os.path.isdir(args.data_dir):
-            say(f"preparing the embedded corpus (CPython's reference docs) in {args.data_dir}")
-            prepare_embedded(args.data_dir)
-        if ddp:
-            dist.barrier()
-    train_loader = DataLoaderLite(args.batch_size, args.seq_len, rank, world_size, "train", args.data_dir,
-                                  step_tokens=args.total_batch_size, vocab_size=config.vocab_size)
-    val_loader = DataLoaderLite(args.batch_size, args.seq_len, rank, world_size, "val", args.data_dir,
-                                vocab_size=config.vocab_size)
+    train_loader, val_loader = make_loaders(args, rank, world_size, config.vocab_size, ddp)
     hella_examples = load_hellaswag(args, ddp) if args.hellaswag else None
 
     # ---- FSDP, the optimizer (of the sharded parameters), and the state of a resumed run
