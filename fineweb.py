@@ -50,9 +50,9 @@ import time
 
 import numpy as np
 
-# model.py imports torch, which costs a second or two at start-up; the tokenizer workers import
-# model anyway (tokenize_docs), and under fork they inherit it
-from model import GPT2_EOT, ArgumentParser, UserError, exit_on_user_error
+# model.py imports torch, which costs a second or two at start-up; the tokenizer workers need
+# model.get_tokenizer anyway, and under fork they inherit it
+from model import GPT2_EOT, ArgumentParser, UserError, exit_on_user_error, get_tokenizer
 
 # -----------------------------------------------------------------------------
 # the shard format: llm.c's, so our shards also work with llm.c and modded-nanogpt.
@@ -75,6 +75,11 @@ class NoShardsError(ShardError, FileNotFoundError):
     """A --data_dir that does not exist or holds no shards of the split asked for."""
 
 
+def _first_three(names, sep=", "):
+    """The first three names joined by sep, then '...' if there are more: a list for a one-line error."""
+    return sep.join(names[:3] + (["..."] if len(names) > 3 else []))
+
+
 def write_shard(path, tokens):
     """Write tokens (any integer array-like, all < 2**16) as one shard, atomically: the data goes
     to a temporary name that is renamed only once complete, so an interrupted write never leaves
@@ -84,10 +89,15 @@ def write_shard(path, tokens):
         raise ValueError(f"{path}: token ids must be in [0, 65535] to fit uint16, got [{tokens.min()}, {tokens.max()}]")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, len(tokens)
+    _write_atomic(path, header.tobytes(), tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
+
+
+def _write_atomic(path, *parts):
+    """The bytes of parts at path, written under path.tmp and renamed once on disk."""
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
+        for part in parts:
+            f.write(part)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -159,11 +169,6 @@ def shard_names(data_dir):
     return sorted({os.path.basename(p) for g in SHARD_GLOBS for p in glob.glob(os.path.join(data_dir, g))})
 
 
-def shard_prefix(name):
-    """'edufineweb' of 'edufineweb_train_000001.bin': the part before the split."""
-    return re.match(r"(.*)_(?:val|train)_", name)[1]
-
-
 def shard_split(name):
     return "val" if re.match(r".*_val_.*\.bin$", name) else "train"
 
@@ -171,17 +176,6 @@ def shard_split(name):
 def read_manifest(data_dir):
     with open(os.path.join(data_dir, MANIFEST)) as f:
         return json.load(f)
-
-
-def _write_json(path, obj):
-    """obj as JSON at path, atomically (a temporary file renamed once complete)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _shard_entry(name, tokens):
@@ -198,20 +192,19 @@ def _shard_entry(name, tokens):
     }
 
 
+def _remake(data_dir):
+    return f"remake the data set with python fineweb.py ... --out_dir {data_dir} --overwrite"
+
+
 def _check_one_prefix(folder, names, flag="--data_dir "):
-    prefixes = sorted({shard_prefix(n) for n in names})
+    """The shards' names share one prefix (edufineweb of edufineweb_train_000001.bin)."""
+    prefixes = sorted({re.match(r"(.*)_(?:val|train)_", n)[1] for n in names})
     if len(prefixes) > 1:
         raise ShardError(
             f"{flag}{folder} holds shards of {len(prefixes)} data sets (prefixes {', '.join(prefixes)}), and the "
-            f"loader would read them all as one: keep one data set per folder (move the others out, or remake it "
-            f"with python fineweb.py ... --out_dir {folder} --overwrite)"
+            f"loader would read them all as one: keep one data set per folder (move the others out, or "
+            f"{_remake(folder)})"
         )
-
-
-def _no_data_dir(data_dir):
-    return NoShardsError(
-        f"--data_dir {data_dir} does not exist; make shards with fineweb.py (python fineweb.py --out_dir {data_dir})"
-    )
 
 
 def check_data_dir(data_dir):
@@ -220,11 +213,13 @@ def check_data_dir(data_dir):
     so a killed run has none), every shard it lists present with its header's token count, and
     no shard it does not list. Reads the shards' headers only. Raises ShardError otherwise."""
     if not os.path.isdir(data_dir):
-        raise _no_data_dir(data_dir)
+        raise NoShardsError(
+            f"--data_dir {data_dir} does not exist; make shards with fineweb.py (python fineweb.py --out_dir {data_dir})"
+        )
     names = shard_names(data_dir)
     _check_one_prefix(data_dir, names)
     path = os.path.join(data_dir, MANIFEST)
-    remake = f"remake the data set with python fineweb.py ... --out_dir {data_dir} --overwrite"
+    remake = _remake(data_dir)
     if not os.path.isfile(path):
         if not names:
             raise NoShardsError(f"--data_dir {data_dir} holds no shards (*_val_*.bin, *_train_*.bin); make them with fineweb.py")
@@ -241,14 +236,14 @@ def check_data_dir(data_dir):
     unlisted = sorted(set(names) - set(listed))
     if unlisted:
         raise ShardError(
-            f"--data_dir {data_dir} holds {len(unlisted)} shard(s) that its {MANIFEST} does not list ({', '.join(unlisted[:3])}"
-            f"{', ...' if len(unlisted) > 3 else ''}): shards of another run are mixed in. Move them out, or {remake}"
+            f"--data_dir {data_dir} holds {len(unlisted)} shard(s) that its {MANIFEST} does not list "
+            f"({_first_three(unlisted)}): shards of another run are mixed in. Move them out, or {remake}"
         )
     missing = sorted(set(listed) - set(names))
     if missing:
         raise ShardError(
             f"--data_dir {data_dir} has {len(listed) - len(missing)} of the {len(listed)} shards its {MANIFEST} lists "
-            f"(missing {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): the data set is incomplete, a "
+            f"(missing {_first_three(missing)}): the data set is incomplete, a "
             f"copy that did not finish or shards deleted since. Copy it again, or {remake}"
         )
     for name, ntok in listed.items():
@@ -268,10 +263,8 @@ def find_shards(data_dir, split, vocab_size=None):
     after checking the whole data set (check_data_dir) and, given vocab_size, its token ids
     (check_vocab). Raises NoShardsError (a ShardError and a FileNotFoundError) for a missing
     folder or split, ShardError for the rest."""
-    if not os.path.isdir(data_dir):
-        raise _no_data_dir(data_dir)
     shards = sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
-    if not shards:
+    if not shards and os.path.isdir(data_dir):  # a missing folder is check_data_dir's error
         raise NoShardsError(
             f"--data_dir {data_dir} has no {split} shards (*_{split}_*.bin); make them with fineweb.py "
             f"(python fineweb.py --out_dir {data_dir})"
@@ -296,11 +289,12 @@ def check_vocab(data_dir, vocab_size, split=None):
         path = os.path.join(data_dir, entry["name"])
         if "max_token" in entry:
             max_token = -1 if entry["max_token"] is None else int(entry["max_token"])
-            if max_token >= vocab_size:
-                raise _vocab_error(path, max_token, vocab_size, f" (its max_token in {MANIFEST})")
+            where = f" (its max_token in {MANIFEST})"
         else:
-            tokens = load_shard(path, vocab_size)
-            max_token = int(tokens.max()) if len(tokens) else -1
+            tokens = load_shard(path)
+            max_token, where = int(tokens.max()) if len(tokens) else -1, ""
+        if max_token >= vocab_size:
+            raise _vocab_error(path, max_token, vocab_size, where)
         largest = max(largest, max_token)
     return largest
 
@@ -318,24 +312,25 @@ def write_manifest(out_dir, source=None):
     _check_one_prefix(out_dir, names, flag="")
     names.sort(key=lambda n: (shard_split(n) != "val", n))  # val first, as fineweb.py writes them
     shards = [_shard_entry(n, load_shard(os.path.join(out_dir, n))) for n in names]
-    train = [s["tokens"] for s in shards if s["split"] == "train"]
-    manifest = _manifest(source, None, max(train, default=0), sum(s["tokens"] for s in shards if s["split"] == "val"),
-                         sum(s["documents"] for s in shards), shards)
-    _write_json(os.path.join(out_dir, MANIFEST), manifest)
-    return manifest
+    shard_size = max((s["tokens"] for s in shards if s["split"] == "train"), default=0)
+    val_tokens = sum(s["tokens"] for s in shards if s["split"] == "val")
+    return _save_manifest(out_dir, shards, source, None, shard_size, val_tokens)
 
 
-def _manifest(source, tokenizer, shard_size, val_tokens, documents, shards):
-    return {
+def _save_manifest(folder, shards, source, tokenizer, shard_size, val_tokens):
+    """folder/manifest.json listing shards (their manifest entries), written atomically; returns it."""
+    manifest = {
         "source": source,
         "tokenizer": tokenizer,
         "format": FORMAT,
         "shard_size": shard_size,
         "val_tokens": val_tokens,
-        "documents": documents,
+        "documents": sum(s["documents"] for s in shards),
         "tokens": sum(s["tokens"] for s in shards),
         "shards": shards,
     }
+    _write_atomic(os.path.join(folder, MANIFEST), (json.dumps(manifest, indent=1) + "\n").encode())
+    return manifest
 
 
 # -----------------------------------------------------------------------------
@@ -407,32 +402,26 @@ def expand_inputs(patterns):
     return files
 
 
-def _read_errors():
-    """What `datasets`' packaged loaders raise on a file that is not what its name says (a broken
-    JSON line, a file that is not Parquet, text that is not UTF-8)."""
-    import datasets
-    import pyarrow
-
-    return pyarrow.ArrowException, UnicodeDecodeError, json.JSONDecodeError, datasets.exceptions.DatasetsError
-
-
 def local_documents(files):
     """Documents of local files, in file order, through `datasets`' packaged loaders in streaming
     mode: one pass, nothing converted to an Arrow cache, memory bounded whatever the file size.
     A file that cannot be read raises InputError naming it."""
     import datasets
+    import pyarrow
 
     datasets.disable_progress_bars()
     # a file it cannot parse is reported by InputError below, in one line; `datasets` would also log it
     datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
-    read_errors = _read_errors()
+    # what the packaged loaders raise on a file that is not what its name says (a broken JSON line,
+    # a file that is not Parquet, text that is not UTF-8)
+    read_errors = (pyarrow.ArrowException, UnicodeDecodeError, json.JSONDecodeError, datasets.exceptions.DatasetsError)
     loader_of = lambda path: LOCAL_LOADERS[os.path.splitext(path)[1].lower()]
     for loader, group in itertools.groupby(files, key=loader_of):
         group = list(group)
         if loader == "text":
             # a run of .txt files loads in one call (a folder may hold thousands of them); every file
             # is one document, even an empty one
-            what = "--input .txt files " + ", ".join(group[:3]) + (", ..." if len(group) > 3 else "")
+            what = "--input .txt files " + _first_three(group)
             try:
                 ds = datasets.load_dataset("text", data_files=group, split="train", streaming=True, sample_by="document")
                 yield from _text_batches(ds, what)
@@ -485,9 +474,8 @@ def hf_documents(dataset=DEFAULT_DATASET, config=DEFAULT_CONFIG, streaming=False
 
 
 def tokenize_docs(texts):
-    """[EOT] + encode_ordinary(text) for each text, concatenated, as uint16. Runs in the workers."""
-    from model import get_tokenizer
-
+    """[EOT] + encode_ordinary(text) for each text, concatenated, as uint16 (write_shards has checked
+    that the vocabulary fits). Runs in the workers."""
     enc = get_tokenizer()
     eot = np.array([enc.eot_token], dtype=np.uint32)
     parts = []
@@ -497,10 +485,7 @@ def tokenize_docs(texts):
         # tokens' text is plain text. encode_to_numpy is that encode returning a numpy array
         # straight from tiktoken's buffer, without making a Python int per token
         parts.append(enc.encode_to_numpy(text, disallowed_special=()))
-    tokens = np.concatenate(parts)
-    if tokens.max() >= 2**16:
-        raise ValueError(f"token id {tokens.max()} does not fit in uint16; the shard format holds ids < 65536")
-    return tokens.astype(np.uint16)
+    return np.concatenate(parts).astype(np.uint16)
 
 
 def _chunks(documents, chunk_chars):
@@ -517,45 +502,30 @@ def _chunks(documents, chunk_chars):
 
 
 def tokenize_stream(documents, num_proc=1, chunk_chars=1 << 20):
-    """(tokens, number of documents) per chunk of documents, in document order. At most
+    """The tokens of each chunk of documents (tokenize_docs), in document order. At most
     2*num_proc chunks are in flight, so memory stays bounded however large the source is
     (Pool.imap would read the whole source ahead into its task queue)."""
     chunks = _chunks(documents, chunk_chars)
     if num_proc == 1:
         for chunk in chunks:
-            yield tokenize_docs(chunk), len(chunk)
+            yield tokenize_docs(chunk)
         return
     import multiprocessing as mp
 
     with mp.Pool(num_proc) as pool:
         pending = collections.deque()
         for chunk in chunks:
-            pending.append((pool.apply_async(tokenize_docs, (chunk,)), len(chunk)))
+            pending.append(pool.apply_async(tokenize_docs, (chunk,)))
             if len(pending) >= 2 * num_proc:
-                result, n = pending.popleft()
-                yield result.get(), n
+                yield pending.popleft().get()
         while pending:
-            result, n = pending.popleft()
-            yield result.get(), n
+            yield pending.popleft().get()
 
 # -----------------------------------------------------------------------------
 # writing shards
 
 SHARD_SIZE = 100_000_000
 STAGING_PREFIX = ".fineweb-tmp-"  # a run's folder inside an existing --out_dir; the loader never reads it
-
-
-def shard_path(out_dir, prefix, index):
-    split = "val" if index == 0 else "train"
-    return os.path.join(out_dir, f"{prefix}_{split}_{index:06d}.bin")
-
-
-def _our_files(out_dir):
-    """Files in out_dir that a run of fineweb.py writes (or leaves behind if killed), and that
-    train_gpt2.py would read: shards of any prefix, their temporaries, the manifest, the folders
-    of killed runs."""
-    names = [*SHARD_GLOBS, "*_val_*.bin.tmp", "*_train_*.bin.tmp", MANIFEST, MANIFEST + ".tmp", STAGING_PREFIX + "*"]
-    return sorted(set(itertools.chain.from_iterable(glob.glob(os.path.join(out_dir, n)) for n in names)))
 
 
 def check_out_dir(out_dir, overwrite=False):
@@ -584,17 +554,33 @@ def _makedirs(path):
     return missing[::-1]
 
 
+def _remove_empty(folders):
+    for d in reversed(folders):
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
+
+
 # the environment's refusals while writing: the user can fix them, and they are no bug of ours
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+# what a run of fineweb.py writes into out_dir (or leaves behind if killed) and train_gpt2.py would
+# read: shards of any prefix, their temporaries, the manifest, the folders of killed runs
+OUR_FILES = [*SHARD_GLOBS, "*_val_*.bin.tmp", "*_train_*.bin.tmp", MANIFEST, MANIFEST + ".tmp", STAGING_PREFIX + "*"]
 
 
 @contextlib.contextmanager
-def _staging(out_dir):
-    """A new, empty folder for a run's shards, on out_dir's file system so that they can be moved
-    into place: inside out_dir if it exists (a hidden .fineweb-tmp-* folder, which the loader's
+def _staged_into(out_dir):
+    """A new, empty folder for a run's shards and manifest, which become out_dir's data set once
+    the body completes. The folder is on out_dir's file system so that they can be moved into
+    place: inside out_dir if it exists (a hidden .fineweb-tmp-* folder, which the loader's
     *_train_*.bin never matches), else a sibling <out_dir>.tmp-* that becomes out_dir by one
-    rename. If the body fails, the folder goes, and with it any parent folders made for it: a
-    failed run leaves the file system as it found it."""
+    rename, so a new out_dir appears complete or not at all. In an existing out_dir, the old
+    set's manifest goes first, then its shards (of any prefix; other files stay), then the new
+    shards move in and their manifest last: a crash in between leaves a folder without a
+    manifest, which the loader refuses as unfinished, never a mix that it would read. If the
+    body fails, the folder goes, and with it any parent folders made for it: a failed run
+    leaves the file system as it found it."""
     made = []
     try:
         if os.path.isdir(out_dir):
@@ -608,41 +594,26 @@ def _staging(out_dir):
         raise InputError(f"--out_dir {out_dir}: cannot make a folder there ({e}); choose another --out_dir") from e
     try:
         yield tmp
+        if not os.path.exists(out_dir):
+            os.replace(tmp, out_dir)
+            return
+        old = {p for pattern in OUR_FILES for p in glob.glob(os.path.join(out_dir, pattern))}
+        for path in sorted(old, key=lambda p: (os.path.basename(p) != MANIFEST, p)):
+            if os.path.abspath(path) == os.path.abspath(tmp):
+                continue
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        for name in sorted(os.listdir(tmp), key=lambda n: n == MANIFEST):
+            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+        os.rmdir(tmp)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_empty(made)
         if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
             raise InputError(f"--out_dir {out_dir}: writing the shards failed ({e}); this run's shards were removed") from e
         raise
-
-
-def _remove_empty(folders):
-    for d in reversed(folders):
-        try:
-            os.rmdir(d)
-        except OSError:
-            break
-
-
-def _move_into_place(tmp, out_dir):
-    """Make the complete set of shards in tmp (a _staging folder) out_dir's data set. A new
-    out_dir is tmp renamed, so it appears complete or not at all. In an existing out_dir, the
-    old set's manifest goes first, then its shards (of any prefix; other files stay), then the
-    new shards move in and their manifest last: a crash in between leaves a folder without a
-    manifest, which the loader refuses as unfinished, never a mix that it would read."""
-    if not os.path.exists(out_dir):
-        os.replace(tmp, out_dir)
-        return
-    for path in sorted(_our_files(out_dir), key=lambda p: os.path.basename(p) != MANIFEST):
-        if os.path.abspath(path) == os.path.abspath(tmp):
-            continue
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
-    for name in sorted(os.listdir(tmp), key=lambda n: n == MANIFEST):
-        os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
-    os.rmdir(tmp)
 
 
 class ShardWriter:
@@ -673,7 +644,8 @@ class ShardWriter:
 
     def _flush(self):
         tokens = self.buf[: self.fill]
-        path = shard_path(self.out_dir, self.prefix, self.index)
+        split = "val" if self.index == 0 else "train"
+        path = os.path.join(self.out_dir, f"{self.prefix}_{split}_{self.index:06d}.bin")
         write_shard(path, tokens)
         self.shards.append(_shard_entry(os.path.basename(path), tokens))
         self.index, self.fill = self.index + 1, 0
@@ -702,36 +674,31 @@ def write_shards(documents, out_dir, prefix, shard_size=SHARD_SIZE, val_tokens=N
     val_tokens = shard_size if val_tokens is None else val_tokens
     if shard_size < 1 or val_tokens < 1 or num_proc < 1:
         raise ValueError(f"shard_size ({shard_size}), val_tokens ({val_tokens}) and num_proc ({num_proc}) must be >= 1")
-    from model import get_tokenizer
     from tqdm import tqdm
 
     enc = get_tokenizer()  # built here, before the workers fork, so that they inherit it
     if enc.n_vocab > 2**16:
         raise ValueError(f"the tokenizer has {enc.n_vocab} tokens, more than uint16 shards can hold")
     check_out_dir(out_dir, overwrite)
-    what = describe(source)
-    with _staging(out_dir) as tmp:
+    with _staged_into(out_dir) as tmp:
         writer = ShardWriter(tmp, prefix, shard_size, val_tokens)
-        num_docs, bar = 0, None
+        bar = None
         try:
-            for tokens, n in tokenize_stream(documents, num_proc, chunk_chars):
+            for tokens in tokenize_stream(documents, num_proc, chunk_chars):
                 if bar is None:  # made on the first tokens, so that a source that fails at once prints only its error
                     # on a terminal only (disable=None), and erased when done (leave=False): an error or the
                     # summary is then the last line, and a log file gets no carriage-return updates
                     bar = tqdm(unit="tok", unit_scale=True, desc=f"tokenizing into {out_dir}",
                                disable=None if progress else True, leave=False)
                 writer.add(tokens)
-                num_docs += n
                 bar.update(len(tokens))
         finally:
             if bar is not None:
                 bar.close()
-        writer.close(what)
+        writer.close(describe(source))
         tokenizer = {"name": "gpt2 (tiktoken, model.get_tokenizer)", "n_vocab": enc.n_vocab, "eot_token": enc.eot_token,
                      "document": "[<|endoftext|>] + encode_ordinary(text)"}
-        manifest = _manifest(source, tokenizer, shard_size, val_tokens, num_docs, writer.shards)
-        _write_json(os.path.join(tmp, MANIFEST), manifest)
-        _move_into_place(tmp, out_dir)
+        manifest = _save_manifest(tmp, writer.shards, source, tokenizer, shard_size, val_tokens)
     return manifest
 
 
@@ -741,8 +708,7 @@ def describe(source):
     if kind == "embedded":
         return "the embedded corpus (--embedded)"
     if kind == "local":
-        files = source["files"]
-        return "--input " + " ".join(files[:3]) + (" ..." if len(files) > 3 else "")
+        return "--input " + _first_three(source["files"], sep=" ")
     if kind == "huggingface":
         return f"--dataset {source['dataset']} --config {source['config']}"
     return "the input"
@@ -794,8 +760,6 @@ def benchmark(documents, num_proc, rounds=3, chunk_chars=None):
     chunk_chars defaults to what gives each worker 8 chunks (at most write_shards' 1 MiB): a real
     run has thousands of chunks, and a benchmark of a few MB in 1 MiB chunks would leave workers
     idle and time that instead."""
-    from model import get_tokenizer
-
     enc = get_tokenizer()
     documents = list(documents)
     if chunk_chars is None:
@@ -997,8 +961,6 @@ def run(args):
         print(f"  ratio pipeline/tiktoken: {r['ratio']:.3f}")
         return r
 
-    if args.val_tokens is None:
-        args.val_tokens = args.shard_size
     t0 = time.time()
     manifest = write_shards(documents, args.out_dir, args.prefix, args.shard_size, args.val_tokens, args.num_proc,
                             source=source, overwrite=args.overwrite)
