@@ -172,42 +172,34 @@ def parse_line(text, file, line, index, require_label=False):
     return Example(ctx=ctx, endings=list(endings), label=label, file=file, line=line, index=index)
 
 
-def read_examples(path, limit=None, require_label=False, hint=None):
+def read_examples(path, limit=None, require_label=False):
     """The examples of a HellaSwag JSONL file (the first `limit` if given), each line checked.
-    Blank lines are skipped. hint is appended to errors (what to do about a bad file)."""
+    Blank lines are skipped."""
     examples = []
     try:
         f = open(path, "rb")
     except OSError as e:  # a folder, no permission
-        raise HellaSwagError(f"{path}: cannot read it ({e.strerror})" + (f"; {hint}" if hint else "")) from None
+        raise HellaSwagError(f"{path}: cannot read it ({e.strerror})") from None
     with f:
         for line_no, raw in enumerate(f, 1):
             if limit is not None and len(examples) >= limit:
                 break
             try:
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    problem = f"not UTF-8 text ({e.reason} at byte {e.start})"
-                    raise HellaSwagError(f"{path} line {line_no}: {problem}") from None
-                if not text.strip():
-                    continue
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise HellaSwagError(f"{path} line {line_no}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            if text.strip():
                 examples.append(parse_line(text, path, line_no, len(examples), require_label))
-            except HellaSwagError as e:
-                if hint:
-                    raise HellaSwagError(f"{e}; {hint}") from None
-                raise
     if not examples and limit != 0:
-        raise HellaSwagError(f"{path}: no examples (the file is empty)" + (f"; {hint}" if hint else ""))
+        raise HellaSwagError(f"{path}: no examples (the file is empty)")
     return examples
 
 
 def download(split, cache=None, progress=True, timeout=DOWNLOAD_TIMEOUT):
     """Path of the official hellaswag_{split}.jsonl in the cache folder, downloaded first if absent.
-    The cache folder is made only once the whole file has arrived, so a failed download leaves no
-    empty folder behind; the file is written under a temporary name and renamed once complete, so
-    an interrupted write never leaves a truncated file that a later run would take for the real
-    one. DownloadError if the file cannot be fetched."""
+    The cache folder is made and the file written (_write_atomic) only once the whole file has
+    arrived, so a failed download leaves nothing behind, not even an empty folder. DownloadError if
+    the file cannot be fetched."""
     from tqdm import tqdm
 
     if split not in SPLITS:
@@ -232,28 +224,38 @@ def download(split, cache=None, progress=True, timeout=DOWNLOAD_TIMEOUT):
     except (OSError, ValueError) as e:  # URLError, HTTPError, socket timeouts and resets are OSErrors
         reason = str(e) if isinstance(e, urllib.error.HTTPError) else str(getattr(e, "reason", None) or e)
         raise DownloadError(
-            f"could not download the HellaSwag {split} split from {url} ({reason}); without a network, get "
-            f"hellaswag_{split}.jsonl another way and pass it as a local file (hellaswag.py --file, train_gpt2.py "
-            f"--hellaswag_file)", url=url, reason=reason,
+            f"{_could_not_download(split, url, reason)}; without a network, get hellaswag_{split}.jsonl another way "
+            f"and pass it as a local file (hellaswag.py --file, train_gpt2.py --hellaswag_file)", url=url, reason=reason,
         ) from e
-    # one temporary name per process: two processes downloading at once never write one file
-    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        os.makedirs(cache, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _write_atomic(path, data)
     except OSError as e:
         raise HellaSwagError(
             f"could not write the downloaded {os.path.basename(path)} into {cache} ({e.strerror}); set "
             f"$HELLASWAG_CACHE to a writable folder"
         ) from None
+    return path
+
+
+def _could_not_download(split, url, reason):
+    return f"could not download the HellaSwag {split} split from {url} ({reason})"
+
+
+def _write_atomic(path, data):
+    """data (bytes) at path, making its folder, written under a temporary name and renamed once
+    complete: an interrupted write never leaves a truncated file that a later run would take for
+    the real one. The temporary name is this process's, so two processes never write one file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return path
 
 
 def load_examples(split="val", file=None, limit=None, cache=None, progress=True, timeout=DOWNLOAD_TIMEOUT):
@@ -270,11 +272,15 @@ def load_examples(split="val", file=None, limit=None, cache=None, progress=True,
                 f"HellaSwag file {file} does not exist; give the path of a hellaswag_{{split}}.jsonl in the "
                 f"official format, or no file to download the official one from {DATA_URL.format(split=split)}"
             )
+        path, require_label = file, False
         hint = "give a HellaSwag JSONL file in the official format (https://github.com/rowanz/hellaswag)"
-        return read_examples(file, limit, hint=hint)
-    path = download(split, cache, progress, timeout)
-    hint = f"the cached download is damaged: delete {path} and run again to download it anew"
-    return read_examples(path, limit, require_label=split != "test", hint=hint)
+    else:
+        path, require_label = download(split, cache, progress, timeout), split != "test"
+        hint = f"the cached download is damaged: delete {path} and run again to download it anew"
+    try:
+        return read_examples(path, limit, require_label)
+    except HellaSwagError as e:  # the file's problem, then what to do about it
+        raise HellaSwagError(f"{e}; {hint}") from None
 
 
 # -----------------------------------------------------------------------------
@@ -436,12 +442,11 @@ def evaluate(logits_fn, examples, device, rank=0, world_size=1, autocast=context
     (the caller sums the counts over ranks). logits_fn maps token ids (N, T) on device to logits
     (N, T, V) (or to hidden states, with head: see score_batch). autocast is a context manager
     entered around each forward, e.g. the training run's torch.autocast(device_type,
-    dtype=torch.bfloat16); call evaluate outside any `with` of that same object, which torch.autocast
-    does not allow to nest (its exit would restore the state of the inner entry, leaving autocast
-    on). block_size is the model's context length
-    (default 1024, GPT-2's); give it for a model with a shorter one, whose longer rows are then
-    cropped from the left rather than refused by the model's forward. Returns n, num_correct,
-    num_correct_norm, acc, acc_norm."""
+    dtype=torch.bfloat16); call evaluate outside any `with` of that same object, which
+    torch.autocast does not allow to nest (its exit would restore the state of the inner entry,
+    leaving autocast on). block_size is the model's context length (default 1024, GPT-2's); give
+    it for a model with a shorter one, whose longer rows are then cropped from the left rather
+    than refused by the model's forward. Returns n, num_correct, num_correct_norm, acc, acc_norm."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size {world_size})")
     mine = examples[rank::world_size]
@@ -593,7 +598,7 @@ def benchmark(model, examples, device, batch_size=BATCH_SIZE, autocast=contextli
     }
     times = {name: [] for name in methods}
     results = {}
-    for name, fn in methods.items():
+    for fn in methods.values():
         fn(examples[:batch_size])  # warm-up, not timed: first calls pay for allocations and kernel choice
     for _ in range(rounds):
         for name, fn in methods.items():
@@ -694,15 +699,14 @@ def run(args):
         examples = load_examples(args.split, file=args.file, limit=args.limit)
     except DownloadError as e:
         # offline, the default run needs the network twice: say both at once
-        msg = f"could not download the HellaSwag {args.split} split from {e.url} ({e.reason})"
-        if hub_model_needs_network(args.model):
-            raise DownloadError(
-                f"{msg}, and --model {args.model} would be fetched from the Hugging Face hub too; without a network, "
-                f"pass a local hellaswag_{args.split}.jsonl with --file, and a local Hugging Face GPT-2 directory or "
-                f"a train_gpt2.py checkpoint (.pt) with --model", e.url, e.reason,
-            ) from e
-        raise DownloadError(f"{msg}; without a network, pass a local hellaswag_{args.split}.jsonl with --file",
-                            e.url, e.reason) from e
+        hub = hub_model_needs_network(args.model)
+        raise DownloadError(
+            _could_not_download(args.split, e.url, e.reason)
+            + (f", and --model {args.model} would be fetched from the Hugging Face hub too" if hub else "")
+            + f"; without a network, pass a local hellaswag_{args.split}.jsonl with --file"
+            + (", and a local Hugging Face GPT-2 directory or a train_gpt2.py checkpoint (.pt) with --model" if hub else ""),
+            e.url, e.reason,
+        ) from e
     if not args.benchmark:
         check_labels(examples)  # before the model is loaded
     model = load_for_eval(args.model, device)
@@ -711,22 +715,22 @@ def run(args):
 
     if args.benchmark:
         results = benchmark(model, examples, device, args.batch_size, autocast, args.benchmark_rounds)
-        r = results
-        print(f"{args.model}, {r['n']} examples of {source}, {args.dtype} on {device}, best of {r['rounds']}:")
+        n = results["n"]
+        print(f"{args.model}, {n} examples of {source}, {args.dtype} on {device}, best of {results['rounds']}:")
         lines = [
-            (f"batched, {r['batch_size']} examples per forward (this script)", r["batched_ex_s"]),
-            ("the same as train_gpt2.py calls it (full logits, padded to 32)", r["batched_full_logits_ex_s"]),
-            ("one example per forward (build-nanogpt's loop)", r["one_at_a_time_ex_s"]),
+            (f"batched, {args.batch_size} examples per forward (this script)", "batched"),
+            ("the same as train_gpt2.py calls it (full logits, padded to 32)", "batched_full_logits"),
+            ("one example per forward (build-nanogpt's loop)", "one_at_a_time"),
         ]
-        for label, ex_s in lines:
-            print(f"  {label:64s} {ex_s:9.2f} examples/s")
-        print(f"  ratio batched / one example per forward: {r['ratio']:.2f}")
+        for label, name in lines:
+            print(f"  {label:64s} {results[f'{name}_ex_s']:9.2f} examples/s")
+        print(f"  ratio batched / one example per forward: {results['ratio']:.2f}")
         disagree = False
         for name in ("batched", "batched_full_logits"):
-            same, same_norm = r[f"{name}_same_pred"], r[f"{name}_same_pred_norm"]
-            disagree |= same != r["n"] or same_norm != r["n"]
-            print(f"  {name} vs one at a time: same predictions acc {same}/{r['n']}, acc_norm {same_norm}/{r['n']}, "
-                  f"largest mean-loss difference {r[f'{name}_max_diff_mean_loss']:.1e}")
+            same, same_norm = results[f"{name}_same_pred"], results[f"{name}_same_pred_norm"]
+            disagree |= same != n or same_norm != n
+            print(f"  {name} vs one at a time: same predictions acc {same}/{n}, acc_norm {same_norm}/{n}, "
+                  f"largest mean-loss difference {results[f'{name}_max_diff_mean_loss']:.1e}")
         if disagree:
             print("  WARNING: the methods disagree on some predictions: the rounding of different batch shapes "
                   "decided a near tie (possible in bfloat16; in float32 it would be a bug)")
@@ -735,11 +739,7 @@ def run(args):
         counts = evaluate(model.hidden_fn, examples, device, autocast=autocast, batch_size=args.batch_size,
                           block_size=model.block_size, head=model.head, pad_multiple=1, progress=True)
         results = {
-            "acc": counts["acc"],
-            "acc_norm": counts["acc_norm"],
-            "n": counts["n"],
-            "num_correct": counts["num_correct"],
-            "num_correct_norm": counts["num_correct_norm"],
+            **counts,  # acc, acc_norm, n, num_correct, num_correct_norm
             "model": args.model,
             "split": None if args.file else args.split,
             "file": args.file,
@@ -752,12 +752,7 @@ def run(args):
         print(f"{args.model} | HellaSwag {source} | {results['n']} examples | acc {results['acc']:.4f} | "
               f"acc_norm {results['acc_norm']:.4f} | {args.dtype} on {device}, {results['seconds']:.1f}s")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, args.out)
+        _write_atomic(args.out, (json.dumps(results, indent=2) + "\n").encode())
     return results
 
 
