@@ -75,15 +75,8 @@ class NoShardsError(ShardError, FileNotFoundError):
     """A --data_dir that does not exist or holds no shards of the split asked for."""
 
 
-def _first_three(names, sep=", "):
-    """The first three names joined by sep, then '...' if there are more: a list for a one-line error."""
-    return sep.join(names[:3] + (["..."] if len(names) > 3 else []))
-
-
 def write_shard(path, tokens):
-    """Write tokens (any integer array-like, all < 2**16) as one shard, atomically: the data goes
-    to a temporary name that is renamed only once complete, so an interrupted write never leaves
-    a truncated file that looks valid."""
+    """Write tokens (any integer array-like, all < 2**16) as one shard, atomically."""
     tokens = np.asarray(tokens)
     if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
         raise ValueError(f"{path}: token ids must be in [0, 65535] to fit uint16, got [{tokens.min()}, {tokens.max()}]")
@@ -93,7 +86,8 @@ def write_shard(path, tokens):
 
 
 def _write_atomic(path, *parts):
-    """The bytes of parts at path, written under path.tmp and renamed once on disk."""
+    """The bytes of parts at path, written under path.tmp and renamed once on disk: an interrupted
+    write never leaves a truncated file that looks complete."""
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         for part in parts:
@@ -192,6 +186,11 @@ def _shard_entry(name, tokens):
     }
 
 
+def _first_three(names, sep=", "):
+    """The first three names joined by sep, then '...' if there are more: a list for a one-line error."""
+    return sep.join(names[:3] + (["..."] if len(names) > 3 else []))
+
+
 def _remake(data_dir):
     return f"remake the data set with python fineweb.py ... --out_dir {data_dir} --overwrite"
 
@@ -243,8 +242,8 @@ def check_data_dir(data_dir):
     if missing:
         raise ShardError(
             f"--data_dir {data_dir} has {len(listed) - len(missing)} of the {len(listed)} shards its {MANIFEST} lists "
-            f"(missing {_first_three(missing)}): the data set is incomplete, a "
-            f"copy that did not finish or shards deleted since. Copy it again, or {remake}"
+            f"(missing {_first_three(missing)}): the data set is incomplete, a copy that did not finish or shards "
+            f"deleted since. Copy it again, or {remake}"
         )
     for name, ntok in listed.items():
         shard = os.path.join(data_dir, name)
@@ -507,8 +506,7 @@ def tokenize_stream(documents, num_proc=1, chunk_chars=1 << 20):
     (Pool.imap would read the whole source ahead into its task queue)."""
     chunks = _chunks(documents, chunk_chars)
     if num_proc == 1:
-        for chunk in chunks:
-            yield tokenize_docs(chunk)
+        yield from map(tokenize_docs, chunks)
         return
     import multiprocessing as mp
 

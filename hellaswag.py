@@ -111,11 +111,6 @@ class ModelLoadError(UserError):
 # data: the official JSONL files, checked line by line
 
 
-def cache_dir():
-    """$HELLASWAG_CACHE, or hellaswag/ beside this file."""
-    return os.environ.get("HELLASWAG_CACHE") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "hellaswag")
-
-
 @dataclass
 class Example:
     ctx: str
@@ -204,7 +199,7 @@ def download(split, cache=None, progress=True, timeout=DOWNLOAD_TIMEOUT):
 
     if split not in SPLITS:
         raise ValueError(f"HellaSwag split {split!r}: expected one of {', '.join(SPLITS)}")
-    cache = cache or cache_dir()
+    cache = cache or os.environ.get("HELLASWAG_CACHE") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "hellaswag")
     path = os.path.join(cache, f"hellaswag_{split}.jsonl")
     if os.path.isfile(path):
         return path
