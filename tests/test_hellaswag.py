@@ -114,9 +114,10 @@ def hf_logits(hf):
     return lambda idx: hf(idx, use_cache=False).logits
 
 
-def reference_scores(logits_fn, examples):
-    """Summed and mean ending losses (n, 4), computed the plain way: one candidate row per forward,
-    cross-entropy of the ending tokens, over GPT-2's 50257 real vocabulary entries."""
+def reference_scores(logits_fn, examples, block_size=None):
+    """Summed and mean ending losses (n, 4), computed the plain way: one candidate row per forward
+    (its last block_size tokens, given block_size), cross-entropy of the ending tokens, over
+    GPT-2's 50257 real vocabulary entries."""
     enc = get_tokenizer()
     sums, means = [], []
     for ex in examples:
@@ -124,10 +125,11 @@ def reference_scores(logits_fn, examples):
         row_sums, row_means = [], []
         for ending in ex.endings:
             end = enc.encode_ordinary(" " + ending)
+            row = ctx + end if block_size is None else (ctx + end)[-block_size:]
             with torch.no_grad():
-                logits = logits_fn(torch.tensor([ctx + end]))[0]  # (T, V)
+                logits = logits_fn(torch.tensor([row]))[0]  # (T, V)
             # the prediction of ending token k is at the position before it
-            pred = logits[len(ctx) - 1 : -1, :GPT2_VOCAB_SIZE].float()  # (len(end), 50257)
+            pred = logits[-len(end) - 1 : -1, :GPT2_VOCAB_SIZE].float()  # (len(end), 50257)
             losses = F.cross_entropy(pred, torch.tensor(end), reduction="none")
             row_sums.append(losses.sum())
             row_means.append(losses.mean())
@@ -337,19 +339,7 @@ def test_rows_longer_than_block_size_are_cropped_from_the_left(hf_model, example
     from the left, the ending is scored whole."""
     fn = hf_logits(hf_model)
     block_size = 48
-    enc = get_tokenizer()
-    want_sum, want_mean = [], []
-    for ex in examples:
-        ctx = enc.encode_ordinary(ex.ctx)
-        for ending in ex.endings:
-            end = enc.encode_ordinary(" " + ending)
-            row = (ctx + end)[-block_size:]
-            with torch.no_grad():
-                logits = fn(torch.tensor([row]))[0]  # (len(row), V)
-            losses = F.cross_entropy(logits[-len(end) - 1 : -1], torch.tensor(end), reduction="none")
-            want_sum.append(losses.sum())
-            want_mean.append(losses.mean())
-    want_sum, want_mean = torch.stack(want_sum).view(-1, 4), torch.stack(want_mean).view(-1, 4)
+    want_sum, want_mean = reference_scores(fn, examples, block_size)
     assert max(hellaswag.row_length(e) for e in examples) > block_size  # some rows are cropped
     s = hellaswag.score_examples(fn, examples, "cpu", batch_size=3, block_size=block_size)
     torch.testing.assert_close(s.sum_loss, want_sum)
