@@ -20,8 +20,15 @@ grad_accum_steps re-derived), or a given one:
     torchrun --standalone --nproc_per_node=8 train_gpt2.py --resume
     python train_gpt2.py --resume log/model_05000.pt
 
+The larger GPT-2s (--preset gpt2-350m, gpt2-774m, gpt2-1558m), with parameters, gradients and
+AdamW state sharded over the GPUs (FSDP2) and checkpoints written as folders of shards:
+
+    torchrun --standalone --nproc_per_node=8 train_gpt2.py --preset gpt2-1558m --data_dir edu_fineweb100B --fsdp
+    python train_gpt2.py --consolidate log/model_32000     # -> log/model_32000.pt, for hellaswag.py and model.py
+
 Every flag is listed, with its default, by --help. Outputs in --log_dir: log.jsonl (one JSON
-object per event), loss.png (train/val loss and HellaSwag), model_XXXXX.pt checkpoints.
+object per event), loss.png (train/val loss and HellaSwag), model_XXXXX.pt checkpoints
+(model_XXXXX/ folders with --fsdp).
 """
 
 import argparse
