@@ -527,8 +527,11 @@ def test_fsdp_matches_ddp_and_one_process_and_resumes(data_dir, tmp_path):
     the same losses and final weights. A sharded checkpoint stopped at step 5 resumes exactly on 2
     ranks, and within DDP's rounding in 1 plain process; --consolidate turns it into the single
     file that hellaswag.py and save_pretrained read."""
+    hs = str(tmp_path / "hellaswag_val.jsonl")
+    write_hellaswag(hs, 7)  # 4 examples for rank 0, 3 for rank 1: uneven forwards, on the gathered model
     flags = ["--data_dir", data_dir, *TINY, "--batch_size", "2", "--total_batch_size", "128", "--max_steps", "10",
-             "--eval_every", "5", "--save_every", "100", "--num_samples", "1", "--sample_len", "4"]
+             "--eval_every", "5", "--save_every", "100", "--num_samples", "1", "--sample_len", "4",
+             "--hellaswag", "--hellaswag_file", hs]
     single = run(data_dir, tmp_path / "single", *flags[2:])
     for name, extra in [("fsdp", ["--fsdp"]), ("ddp", []), ("split", ["--fsdp", "--stop_at_step", "5"])]:
         proc = torchrun(2, *flags, *extra, "--log_dir", str(tmp_path / name))
@@ -541,6 +544,11 @@ def test_fsdp_matches_ddp_and_one_process_and_resumes(data_dir, tmp_path):
     torch.testing.assert_close(torch.tensor(fsdp), torch.tensor(single["losses"]), rtol=0, atol=1e-5)
     torch.testing.assert_close(torch.tensor(fsdp), torch.tensor(ddp), rtol=0, atol=1e-5)
     assert split == fsdp  # stopped and resumed: exactly the straight run
+    # HellaSwag: rank 0 read the file and sent the examples; both ranks scored their share
+    evals = [e for e in read_log(tmp_path / "fsdp") if "val_loss" in e]
+    assert [e["hellaswag_n"] for e in evals] == [7, 7, 7] and all(len(e["samples"]) == 1 for e in evals)
+    ref = [e for e in read_log(tmp_path / "single") if "val_loss" in e]
+    assert [e["hellaswag_acc_norm"] for e in evals] == [e["hellaswag_acc_norm"] for e in ref]
     # the sharded checkpoint, consolidated into one file, against the other runs' weights
     assert train_gpt2.main(["--consolidate", str(tmp_path / "fsdp" / "model_00010")]) is None
     consolidated = torch.load(tmp_path / "fsdp" / "model_00010.pt", weights_only=True)
