@@ -629,7 +629,8 @@ def run(argv=None):
                             f"without a network, give a local Hugging Face GPT-2 directory or a train_gpt2.py checkpoint (.pt)") from None
         raise UserError(f"--model {args.model}: cannot load it ({str(e).splitlines()[0][:160]})") from None
     except (ValueError, RuntimeError, KeyError) as e:  # not a checkpoint of ours, or not GPT-2's layout
-        raise UserError(f"--model {args.model}: cannot load it ({str(e).splitlines()[0][:200]})") from None
+        why = str(e).splitlines()[0]
+        raise UserError(why if why.startswith("--model") else f"--model {args.model}: cannot load it ({why[:200]})") from None
     for text in sample_text(model, args.prompt, args.num_samples, args.max_new_tokens, device,
                             top_k=args.top_k or None, temperature=args.temperature, seed=args.seed):
         print(">", text)
