@@ -43,6 +43,7 @@ import shutil
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import asdict
 
 import numpy as np
@@ -364,7 +365,10 @@ def load_sharded_checkpoint(ckpt_dir, model, optimizer):
     or into a plain one (each rank reads the parts of the saved shards that overlap its own)."""
     model_sd, optim_sd = get_state_dict(model, optimizer)  # the templates DCP loads into, in place
     state = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(state, checkpoint_id=ckpt_dir)
+    with warnings.catch_warnings():
+        # in one process without a process group DCP says it assumes exactly that, which it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=ckpt_dir)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
