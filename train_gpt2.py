@@ -535,8 +535,9 @@ def check_args(args):
         # the model's own checks, in the words of the flags
         try:
             config_from_args(args)
-        except ValueError as e:
-            raise UserError(str(e).replace("GPTConfig.", "--").replace("GPTConfig: ", "")) from None
+        except ValueError as e:  # GPTConfig's words are its fields: say them as the flags that set them
+            msg = str(e).replace("GPTConfig.", "").replace("GPTConfig: ", "")
+            raise UserError(re.sub(r"\b(n_layer|n_head|n_embd|block_size|vocab_size)\b", r"--\1", msg)) from None
         if args.vocab_size < 50257:
             raise UserError(f"--vocab_size {args.vocab_size} is smaller than GPT-2's tokenizer (50257 tokens)")
         if args.seq_len > args.block_size:

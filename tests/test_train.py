@@ -65,7 +65,8 @@ def test_lr_schedule():
 @pytest.mark.parametrize("flags, message", [
     (["--total_batch_size", "100"], "--total_batch_size 100 is not divisible by --batch_size * --seq_len * world_size = 4 * 16 * 1 = 64"),
     (["--seq_len", "64"], "--seq_len 64 is longer than the model's --block_size 32"),
-    (["--n_embd", "33"], "n_embd 33 is not divisible by n_head 2"),
+    (["--n_embd", "33"], "--n_embd 33 is not divisible by --n_head 2"),
+    (["--n_layer", "0"], "--n_layer must be positive, got 0"),
     (["--warmup_steps", "50", "--max_steps", "10"], "--warmup_steps 50 is more than --max_steps 10"),
     (["--vocab_size", "1000"], "--vocab_size 1000 is smaller than GPT-2's tokenizer"),
     (["--batch_size", "0"], "--batch_size must be positive"),
