@@ -104,7 +104,10 @@ class DataLoaderLite:
                 f"the checkpoint's data position is shard {shard}, but {len(self.shards)} shards exist; "
                 f"resume on the data the run started with (was the data directory regenerated?)"
             )
-        self.shard, self.tokens = shard, load_shard(self.shards[shard], vocab_size=self.vocab_size)
+        if shard != getattr(self, "shard", None):
+            # a new shard is opened (and its token ids checked) once; the validation loader's reset
+            # at every evaluation, or a wrap-around to the same single shard, keeps the open one
+            self.shard, self.tokens = shard, load_shard(self.shards[shard], vocab_size=self.vocab_size)
         if not 0 <= position <= len(self.tokens) - (self.step_tokens + 1):
             raise ShardError(
                 f"the checkpoint's data position {position} in {self.shards[shard]} ({len(self.tokens)} tokens) "
@@ -289,6 +292,12 @@ def broadcast_from_master(obj, ddp):
 # own FSDP2 (fully_shard) and torch.distributed.checkpoint
 
 
+def reshards_after_forward(i, num_blocks):
+    """Whether block i frees its gathered parameters after its forward: all but the last, which
+    backward needs again at once (freeing it would only buy an all-gather straight away)."""
+    return i < num_blocks - 1
+
+
 def apply_fsdp(model, dtype):
     """Shard a GPT over all ranks (ZeRO-3). Every Block is one unit: its parameters are gathered
     just before its forward (and again before its backward) and freed after, so only a block or two
@@ -302,9 +311,7 @@ def apply_fsdp(model, dtype):
         mp_policy = MixedPrecisionPolicy()  # float32 (float16 is autocast's, as under DDP)
     blocks = model.transformer.h
     for i, block in enumerate(blocks):
-        # the last block is needed again as soon as backward starts: freeing it after its
-        # forward would only buy an all-gather straight away
-        fully_shard(block, mp_policy=mp_policy, reshard_after_forward=i < len(blocks) - 1)
+        fully_shard(block, mp_policy=mp_policy, reshard_after_forward=reshards_after_forward(i, len(blocks)))
     fully_shard(model, mp_policy=mp_policy)
     # the tied matrix is one Parameter, so it is sharded once and both modules keep the same
     # DTensor; were it ever untied, the two copies would drift apart without a word
@@ -334,8 +341,8 @@ def gathered(model):
             m.reshard()
         blocks = model.transformer.h  # back to apply_fsdp's setting
         for i, block in enumerate(blocks):
-            block.set_reshard_after_forward(i < len(blocks) - 1, recurse=False)
-        model.set_reshard_after_forward(False, recurse=False)
+            block.set_reshard_after_forward(reshards_after_forward(i, len(blocks)), recurse=False)
+        model.set_reshard_after_forward(False, recurse=False)  # the root keeps its parameters, as fully_shard's default
 
 
 TRAIN_STATE = "train_state.pt"  # in a sharded checkpoint folder: everything but the tensors' shards
@@ -672,9 +679,10 @@ def find_resume_checkpoint(args, ddp, rank):
     """(checkpoint, its path, the flags changed since) for --resume; (None, None, {}) for a new
     run, after checking that --log_dir holds no other run."""
     if not args.resume:
-        if latest_checkpoint(args.log_dir) and not args.overwrite:
+        other = latest_checkpoint(args.log_dir)
+        if other and not args.overwrite:
             raise UserError(
-                f"--log_dir {args.log_dir} already has checkpoints of another run ({latest_checkpoint(args.log_dir)}); "
+                f"--log_dir {args.log_dir} already has checkpoints of another run ({other}); "
                 f"continue it with --resume, or pass --overwrite to delete them, or choose another --log_dir"
             )
         return None, None, {}
@@ -913,12 +921,12 @@ def make_loaders(args, rank, world_size, vocab_size, ddp):
     return train_loader, val_loader
 
 
-def load_hellaswag(args, ddp):
+def load_hellaswag(args, master, ddp):
     """The HellaSwag examples, loaded by rank 0 and sent to the others (a worker node needs neither
     the file nor the network), or None when the default download is unreachable. A --hellaswag_file
     that cannot be read is an error on every rank."""
     result = None
-    if os.environ.get("RANK", "0") == "0":
+    if master:
         try:
             result = hellaswag.load_examples("val", file=args.hellaswag_file, limit=args.hellaswag_limit, progress=False)
         except hellaswag.DownloadError as e:
@@ -929,7 +937,7 @@ def load_hellaswag(args, ddp):
     if isinstance(result, UserError):
         raise result
     if isinstance(result, str):
-        if os.environ.get("RANK", "0") == "0":
+        if master:
             print(result, flush=True)
         return None
     return result
@@ -991,7 +999,7 @@ def train(args, ddp, rank, world_size, device):
 
     # ---- data
     train_loader, val_loader = make_loaders(args, rank, world_size, config.vocab_size, ddp)
-    hella_examples = load_hellaswag(args, ddp) if args.hellaswag else None
+    hella_examples = load_hellaswag(args, master, ddp) if args.hellaswag else None
 
     # ---- FSDP, the optimizer (of the sharded parameters), and the state of a resumed run
     if args.fsdp:
