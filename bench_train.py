@@ -1,7 +1,8 @@
 """
-Throughput of the real training step (train_gpt2.train_step: forward, backward, gradient
-clipping, plus optimizer.step), eager against torch.compile, for one or several micro-batch sizes,
-with MFU against a peak measured in the same run (CPU, MPS) or the datasheet peak of a GPU.
+Throughput of the real training step (train_gpt2.forward_backward and optimizer_step: forward,
+backward, gradient clipping, optimizer.step), eager against torch.compile, for one or several
+micro-batch sizes, with MFU against a peak measured in the same run (CPU, MPS) or the datasheet
+peak of a GPU.
 
     python bench_train.py                                   # GPT-2 124M, seq_len 1024, batch 4, bf16
     python bench_train.py --batch_size 2 --dtype float32 --modes compiled
@@ -9,17 +10,12 @@ with MFU against a peak measured in the same run (CPU, MPS) or the datasheet pea
     python bench_train.py --profile                         # the torch profiler's op table, eager and compiled
     python bench_train.py --memory_table                    # memory per GPU on paper, for the GPT-2 presets
 
-The step is timed as train_gpt2.py runs it: TF32 on for float32 matmuls on CUDA
-(train_gpt2.configure_tf32), autocast for --dtype bfloat16 or float16 (with the loss scaler for
-float16), a static-shape torch.compile.
-The modes of one batch size share one model and one process and take turns step by step (eager,
-compiled, eager, ...), so that a machine whose speed drifts (a shared CPU, a GPU warming up) slows
-both alike and their ratio holds. Each batch size gets a fresh model and optimizer, so that its peak
-memory is its own, and a batch size that runs out of GPU memory is reported as OOM and the next one
-is still timed. Peak memory is read per step: on CUDA torch.cuda.max_memory_allocated (reset before
-each step), elsewhere the process's peak RSS (Linux: VmHWM after resetting it through
-/proc/self/clear_refs). Beside it each batch size gets memory_estimate's figure for the same step, so a
-GPU run shows the paper model against the measurement.
+The step is timed as train_gpt2.py runs it (TF32 on CUDA, autocast and the float16 loss scaler, a
+static-shape torch.compile). The modes of one batch size share one model and take turns step by
+step, so that a machine whose speed drifts slows both alike and their ratio holds; each batch size
+gets a fresh model (its own peak memory: torch.cuda.max_memory_allocated, or the process's peak
+RSS), and one that runs out of GPU memory is reported as OOM. memory_estimate's paper figure
+stands beside each measurement.
 """
 
 import argparse
@@ -36,9 +32,13 @@ import time
 import numpy as np
 import torch
 
-import fineweb
-import train_gpt2
-from model import GPT, ArgumentParser, GPTConfig, UserError, exit_on_user_error, resolve_device
+from common import ArgumentParser, UserError, exit_on_user_error, write_atomic
+from device import autocast_and_scaler, configure_tf32, peak_flops, resolve_device, sync
+from model import GPT, GPTConfig
+from parallel import Dist
+from shards import write_manifest, write_shard
+from train_args import config_from_args, parse_args
+from train_gpt2 import DataLoaderLite, forward_backward, grad_accum_steps_for, optimizer_step
 
 MODES = ("eager", "compiled")
 
@@ -46,9 +46,9 @@ MODES = ("eager", "compiled")
 def make_data(data_dir, tokens):
     # random GPT-2 ids: the step's cost does not depend on which tokens they are
     rng = np.random.default_rng(0)
-    fineweb.write_shard(os.path.join(data_dir, "bench_val_000000.bin"), rng.integers(0, 50257, 4096))
-    fineweb.write_shard(os.path.join(data_dir, "bench_train_000001.bin"), rng.integers(0, 50257, tokens))
-    fineweb.write_manifest(data_dir)  # training data is read only with its manifest beside it
+    write_shard(os.path.join(data_dir, "bench_val_000000.bin"), rng.integers(0, 50257, 4096))
+    write_shard(os.path.join(data_dir, "bench_train_000001.bin"), rng.integers(0, 50257, tokens))
+    write_manifest(data_dir)  # training data is read only with its manifest beside it
 
 
 # -----------------------------------------------------------------------------
@@ -57,23 +57,11 @@ def make_data(data_dir, tokens):
 
 
 def resolve(device_arg, cuda_count=None, mps_available=None):
-    """(device, device type) for --device: the device model.resolve_device gives (a UserError
+    """(device, device type) for --device: the device device.resolve_device gives (a UserError
     naming the flag for one this machine lacks; cuda_count and mps_available are this machine's
     unless given), and its type, which autocast and the peak table take: 'cuda' for cuda:0."""
     device = resolve_device(device_arg, cuda_count, mps_available)
     return device, torch.device(device).type
-
-
-def peak_flops(device, dtype, device_name=None, matmul_size=4096):
-    """(peak FLOP/s or None, how it was found). A GPU's is its datasheet peak, by the name torch
-    reports for it (device_name; read from the device if not given), and None for a card that
-    train_gpt2's table does not know. Any other device's is measured: the best of a few square
-    matmuls of side matmul_size."""
-    if torch.device(device).type == "cuda":
-        name = device_name or torch.cuda.get_device_name(device)
-        peak = train_gpt2.gpu_peak_flops(name, dtype)
-        return peak, ("datasheet" if peak is not None else f"unknown GPU: {name}")
-    return train_gpt2.measure_peak_flops(device, dtype, n=matmul_size), "measured"
 
 
 def mfu_text(flops_per_s, peak, how):
@@ -132,7 +120,7 @@ def release_memory(device_type):
 
 GiB = 2**30
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}  # of an activation, under autocast or not
-# --memory_table: the GPT-2 family of train_gpt2.PRESETS on one node of 8 GPUs, and three cards
+# --memory_table: the GPT-2 family of train_args.PRESETS on one node of 8 GPUs, and three cards
 MEMORY_TABLE_PRESETS = ("gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m")
 MEMORY_TABLE_WORLD_SIZE = 8
 CARDS_GB = (24, 40, 80)
@@ -172,8 +160,8 @@ def activation_parts(config, batch_size, seq_len, dtype, activation_checkpointin
       head       ln_f's fp32 input and lm_head's input: (4 + e)h per token.
       loss       12*b*s*V: the fp32 log-softmax that cross-entropy keeps, and at the start of
                  backward its incoming gradient and the gradient it computes, three fp32 (b*s, V)
-                 tensors. The logits themselves are freed after the forward pass (train_step keeps
-                 only the loss).
+                 tensors. The logits themselves are freed after the forward pass
+                 (forward_backward keeps only the loss).
       recompute  with activation checkpointing, one block's full activations while backward
                  recomputes it.
 
@@ -210,8 +198,8 @@ def memory_estimate(config, batch_size, seq_len, dtype="bfloat16", parallel="non
       grads      4N. DDP adds its all-reduce buckets, 4N more (train_gpt2.py leaves
                  gradient_as_bucket_view off). FSDP: 4N/W, plus one block's gradient before it
                  is reduce-scattered (in the working dtype, and in fp32 for the reduction), plus,
-                 when grad_accum_steps > 1, the whole model's fp32 gradient, 4N: train_step skips
-                 the reduce-scatter before the last micro-step, so it accumulates unsharded.
+                 when grad_accum_steps > 1, the whole model's fp32 gradient, 4N: forward_backward
+                 skips the reduce-scatter before the last micro-step, so it accumulates unsharded.
       optimizer  AdamW's exp_avg and exp_avg_sq: 8N; FSDP: 8N/W.
       activations  activation_parts, summed.
 
@@ -251,8 +239,8 @@ def memory_table(world_size=MEMORY_TABLE_WORLD_SIZE, presets=MEMORY_TABLE_PRESET
     the largest power-of-two micro-batch that fits each card (None: not even one sequence)."""
     rows = []
     for preset in presets:
-        args = train_gpt2.parse_args(["--preset", preset])
-        config = train_gpt2.config_from_args(args)
+        args = parse_args(["--preset", preset])
+        config = config_from_args(args)
         N = param_counts(config)[0]
         # the power-of-two micro-batches that split a step evenly, largest first, up to one
         # micro-step per step
@@ -273,7 +261,7 @@ def memory_table(world_size=MEMORY_TABLE_WORLD_SIZE, presets=MEMORY_TABLE_PRESET
                 rows.append({
                     "preset": preset, "params_count": N, "parallel": parallel, "activation_checkpointing": ac,
                     "batch_size": args.batch_size, "seq_len": args.seq_len, "dtype": args.dtype,
-                    "grad_accum_steps": train_gpt2.grad_accum_steps_for(args, world_size),
+                    "grad_accum_steps": grad_accum_steps_for(args, world_size),
                     **m, "fits": [c for c in CARDS_GB if m["total"] <= CARD_FILL * c * GiB], "largest_batch_size": largest,
                 })
     return rows
@@ -310,22 +298,15 @@ def build(args, device_type):
     model = GPT(config).to(args.device)
     model.activation_checkpointing = args.activation_checkpointing
     optimizer = model.configure_optimizers(0.1, 6e-4, device_type)
-    autocast = torch.autocast(device_type, dtype=getattr(torch, args.dtype), enabled=args.dtype != "float32")
-    # as in training: float16 scales the loss so that small gradients do not underflow; disabled,
-    # the scaler passes everything through
-    scaler = torch.amp.GradScaler(device_type, enabled=args.dtype == "float16")
-    return model, optimizer, autocast, scaler
+    return model, optimizer, *autocast_and_scaler(device_type, args.dtype)
 
 
 def one_step(train_model, optimizer, scaler, loader, autocast, device):
     """One full training step, exactly as train_gpt2.py's loop runs it; its time in seconds."""
     t0 = time.perf_counter()
-    for group in optimizer.param_groups:
-        group["lr"] = 6e-4
-    train_gpt2.train_step(train_model, optimizer, loader, 1, autocast, device, 1.0, scaler)
-    scaler.step(optimizer)  # optimizer.step(), through float16's overflow check
-    scaler.update()
-    train_gpt2.sync(device)
+    forward_backward(train_model, loader, 1, autocast, scaler, Dist(False, 0, 1, device))
+    optimizer_step(optimizer, scaler, 6e-4, 1.0)
+    sync(device)
     return time.perf_counter() - t0
 
 
@@ -336,7 +317,7 @@ def time_batch_size(args, device_type, batch_size, modes, data_dir):
     torch._dynamo.reset()
     model, optimizer, autocast, scaler = build(args, device_type)
     models = {"eager": model, "compiled": torch.compile(model, dynamic=False) if "compiled" in modes else None}
-    loader = train_gpt2.DataLoaderLite(batch_size, args.seq_len, 0, 1, "train", data_dir)
+    loader = DataLoaderLite(batch_size, args.seq_len, 0, 1, "train", data_dir)
     res = {m: {"times": [], "memory": []} for m in modes}
     for i in range(args.warmup + args.steps):
         for m in modes:
@@ -405,7 +386,7 @@ def profile(args, device_type, modes):
             torch._dynamo.reset()
             model, optimizer, autocast, scaler = build(args, device_type)
             models = {"eager": model, "compiled": torch.compile(model, dynamic=False)}
-            loader = train_gpt2.DataLoaderLite(batch_size, args.seq_len, 0, 1, "train", data_dir)
+            loader = DataLoaderLite(batch_size, args.seq_len, 0, 1, "train", data_dir)
             for mode in modes:
                 for _ in range(2):  # warm-up (and compilation)
                     one_step(models[mode], optimizer, scaler, loader, autocast, args.device)
@@ -486,14 +467,6 @@ def check_args(args):
     return device_type
 
 
-def write_json(path, obj):
-    # under a temporary name first: a process killed while writing leaves the last whole file
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
-
-
 def report(args, device_type, modes):
     """Run the benchmark, print the table; the results as a JSON-able dict. --out is written after
     every batch size ("finished": false until the last), so that a run cut short (the GPU check's
@@ -526,7 +499,7 @@ def report(args, device_type, modes):
                 r["mfu"] = r["flops_per_s"] / results["peak_flops"] if results["peak_flops"] else None
         results["rows"] = rows
         if args.out:
-            write_json(args.out, results)
+            write_atomic(args.out, (json.dumps(results, indent=1) + "\n").encode())
 
     rows = run(args, device_type, modes, record)
     if how == "measured":
@@ -570,7 +543,7 @@ def main(argv=None):
         return rows
     device_type = check_args(args)
     # matmuls as the training run does them: TF32 for float32 on CUDA
-    train_gpt2.configure_tf32(device_type)
+    configure_tf32(device_type)
     modes = [m for m in MODES if m in args.modes]  # eager first, whatever the order given
     if args.profile:
         return profile(args, device_type, modes)

@@ -26,12 +26,10 @@ Tokenizer throughput of this pipeline against plain tiktoken on the same documen
 
     python fineweb.py --embedded --benchmark
 
-Every document becomes [<|endoftext|>] + encode_ordinary(text) with GPT-2's tokenizer. The first
-shard (--val_tokens tokens) is the validation split, the rest train, in shards of --shard_size
-tokens named <prefix>_val_000000.bin, <prefix>_train_000001.bin, ...; documents flow across shard
-boundaries. The shards and a manifest.json are written into a temporary folder and moved into
---out_dir only once the set is complete, so --out_dir never holds half a data set. The format is
-llm.c's (see below).
+Every document becomes [<|endoftext|>] + encode_ordinary(text). The first shard (--val_tokens) is
+validation, the rest train; the set and its manifest.json reach --out_dir only once complete.
+The format (shards.py) is llm.c's; the end of --help says how to write shards for llm.c and
+modded-nanogpt.
 """
 
 import collections
@@ -50,286 +48,9 @@ import time
 
 import numpy as np
 
-# model.py imports torch, which costs a second or two at start-up; the tokenizer workers need
-# model.get_tokenizer anyway, and under fork they inherit it
-from model import GPT2_EOT, ArgumentParser, UserError, exit_on_user_error, get_tokenizer
-
-# -----------------------------------------------------------------------------
-# the shard format: llm.c's, so our shards also work with llm.c and modded-nanogpt.
-# A header of 256 little-endian int32 (magic, version, number of tokens, then zeros)
-# followed by the tokens as little-endian uint16. One definition for writer and reader.
-
-SHARD_MAGIC = 20240520
-SHARD_VERSION = 1
-HEADER_INTS = 256
-HEADER_BYTES = HEADER_INTS * 4
-TOKEN_DTYPE = np.dtype("<u2")
-
-
-class ShardError(UserError, ValueError):
-    """A shard file or a folder of shards that is not what the loader expects; the message names
-    the file or folder and says how to remake it."""
-
-
-class NoShardsError(ShardError, FileNotFoundError):
-    """A --data_dir that does not exist or holds no shards of the split asked for."""
-
-
-def write_shard(path, tokens):
-    """Write tokens (any integer array-like, all < 2**16) as one shard, atomically."""
-    tokens = np.asarray(tokens)
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
-        raise ValueError(f"{path}: token ids must be in [0, 65535] to fit uint16, got [{tokens.min()}, {tokens.max()}]")
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, len(tokens)
-    _write_atomic(path, header.tobytes(), tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
-
-
-def _write_atomic(path, *parts):
-    """The bytes of parts at path, written under path.tmp and renamed once on disk: an interrupted
-    write never leaves a truncated file that looks complete."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        for part in parts:
-            f.write(part)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_shard_header(path):
-    """Number of tokens in the shard at path, after checking its header against the file size."""
-    regen = "regenerate it with fineweb.py"
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            raw = f.read(HEADER_BYTES)
-    except OSError as e:
-        raise ShardError(f"cannot read shard {path}: {e}") from e
-    if len(raw) < HEADER_BYTES:
-        raise ShardError(f"shard {path} is {size} bytes, shorter than the {HEADER_BYTES}-byte header; {regen}")
-    header = np.frombuffer(raw, dtype="<i4")
-    if header[0] != SHARD_MAGIC:
-        raise ShardError(f"shard {path} has magic {header[0]}, expected {SHARD_MAGIC}: not a GPT-2 token shard; {regen}")
-    if header[1] != SHARD_VERSION:
-        raise ShardError(f"shard {path} has version {header[1]}, expected {SHARD_VERSION}; {regen}")
-    ntok = int(header[2])
-    expected = HEADER_BYTES + 2 * ntok
-    if size != expected:
-        raise ShardError(
-            f"shard {path} is {size} bytes but its header says {ntok} tokens ({expected} bytes): "
-            f"truncated or corrupted; {regen}"
-        )
-    return ntok
-
-
-def _vocab_error(path, max_token, vocab_size, where=""):
-    return ShardError(
-        f"shard {path} holds token id {max_token}{where}, but the model's vocab_size is {vocab_size} (ids must be "
-        f"< {vocab_size}): it was tokenized with a larger vocabulary than the model's. Regenerate it with "
-        f"fineweb.py (GPT-2's tokenizer, ids < 50257), or give the model a vocab_size above {max_token}"
-    )
-
-
-def load_shard(path, vocab_size=None):
-    """The tokens of a checked shard as a read-only uint16 memmap (nothing is read until used).
-    Given vocab_size, every token id is checked to be below it (one pass over the shard, a
-    fraction of a second for 100M tokens): an id the embedding table lacks would otherwise fail
-    deep inside the model, or not at all on some devices."""
-    ntok = read_shard_header(path)
-    if ntok == 0:
-        return np.zeros(0, dtype=TOKEN_DTYPE)
-    tokens = np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(ntok,))
-    if vocab_size is not None:
-        max_token = int(tokens.max())
-        if max_token >= vocab_size:
-            raise _vocab_error(path, max_token, vocab_size)
-    return tokens
-
-
-# -----------------------------------------------------------------------------
-# a data set: one folder holding one set of shards and the manifest.json that lists them. The
-# loader reads every *_train_*.bin of its folder, so it must know that they belong together and
-# are all there: the manifest, written last, says so.
-
-MANIFEST = "manifest.json"
-SHARD_GLOBS = ("*_val_*.bin", "*_train_*.bin")
-FORMAT = {"magic": SHARD_MAGIC, "version": SHARD_VERSION, "header": f"{HEADER_INTS} x int32 little-endian",
-          "tokens": "uint16 little-endian"}
-
-
-def shard_names(data_dir):
-    """Names of the files in data_dir that the loader reads as shards, of either split."""
-    return sorted({os.path.basename(p) for g in SHARD_GLOBS for p in glob.glob(os.path.join(data_dir, g))})
-
-
-def shard_split(name):
-    return "val" if re.match(r".*_val_.*\.bin$", name) else "train"
-
-
-def read_manifest(data_dir):
-    with open(os.path.join(data_dir, MANIFEST)) as f:
-        return json.load(f)
-
-
-def _shard_entry(name, tokens):
-    """A shard's manifest entry, from its tokens."""
-    return {
-        "name": name,
-        "split": shard_split(name),
-        "tokens": int(len(tokens)),
-        # the documents that start in this shard: encode_ordinary never yields <|endoftext|>,
-        # so every EOT is a document's first token
-        "documents": int(np.count_nonzero(tokens == GPT2_EOT)),
-        # so that the loader can refuse ids beyond the model's vocabulary without reading the shard
-        "max_token": int(tokens.max()) if len(tokens) else None,
-    }
-
-
-def _first_three(names, sep=", "):
-    """The first three names joined by sep, then '...' if there are more: a list for a one-line error."""
-    return sep.join(names[:3] + (["..."] if len(names) > 3 else []))
-
-
-def _remake(data_dir):
-    return f"remake the data set with python fineweb.py ... --out_dir {data_dir} --overwrite"
-
-
-def _check_one_prefix(folder, names, flag="--data_dir "):
-    """The shards' names share one prefix (edufineweb of edufineweb_train_000001.bin)."""
-    prefixes = sorted({re.match(r"(.*)_(?:val|train)_", n)[1] for n in names})
-    if len(prefixes) > 1:
-        raise ShardError(
-            f"{flag}{folder} holds shards of {len(prefixes)} data sets (prefixes {', '.join(prefixes)}), and the "
-            f"loader would read them all as one: keep one data set per folder (move the others out, or "
-            f"{_remake(folder)})"
-        )
-
-
-def check_data_dir(data_dir):
-    """The manifest of the data set in data_dir, after checking that the folder holds exactly the
-    shards of one finished fineweb.py run: shards of one prefix, a manifest.json (written last,
-    so a killed run has none), every shard it lists present with its header's token count, and
-    no shard it does not list. Reads the shards' headers only. Raises ShardError otherwise."""
-    if not os.path.isdir(data_dir):
-        raise NoShardsError(
-            f"--data_dir {data_dir} does not exist; make shards with fineweb.py (python fineweb.py --out_dir {data_dir})"
-        )
-    names = shard_names(data_dir)
-    _check_one_prefix(data_dir, names)
-    path = os.path.join(data_dir, MANIFEST)
-    remake = _remake(data_dir)
-    if not os.path.isfile(path):
-        if not names:
-            raise NoShardsError(f"--data_dir {data_dir} holds no shards (*_val_*.bin, *_train_*.bin); make them with fineweb.py")
-        raise ShardError(
-            f"--data_dir {data_dir} has shards but no {MANIFEST}: the fineweb.py run that wrote them did not finish "
-            f"(it writes {MANIFEST} last), or another tool made them. Either {remake}, or, for complete shards "
-            f"from llm.c or modded-nanogpt, index them with python fineweb.py --index {data_dir}"
-        )
-    try:
-        manifest = read_manifest(data_dir)
-        listed = {s["name"]: int(s["tokens"]) for s in manifest["shards"]}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ShardError(f"{path} is not a manifest that fineweb.py wrote ({type(e).__name__}: {e}); {remake}") from e
-    unlisted = sorted(set(names) - set(listed))
-    if unlisted:
-        raise ShardError(
-            f"--data_dir {data_dir} holds {len(unlisted)} shard(s) that its {MANIFEST} does not list "
-            f"({_first_three(unlisted)}): shards of another run are mixed in. Move them out, or {remake}"
-        )
-    missing = sorted(set(listed) - set(names))
-    if missing:
-        raise ShardError(
-            f"--data_dir {data_dir} has {len(listed) - len(missing)} of the {len(listed)} shards its {MANIFEST} lists "
-            f"(missing {_first_three(missing)}): the data set is incomplete, a copy that did not finish or shards "
-            f"deleted since. Copy it again, or {remake}"
-        )
-    for name, ntok in listed.items():
-        shard = os.path.join(data_dir, name)
-        found = read_shard_header(shard)
-        if found != ntok:
-            raise ShardError(
-                f"shard {shard} has {found} tokens but {path} lists {ntok}: it was replaced after fineweb.py wrote "
-                f"the data set; {remake}, or reindex shards from another tool with python fineweb.py --index "
-                f"{data_dir} --overwrite"
-            )
-    return manifest
-
-
-def find_shards(data_dir, split, vocab_size=None):
-    """Sorted paths of one split's shards ('train' or 'val') in data_dir, as fineweb.py names them,
-    after checking the whole data set (check_data_dir) and, given vocab_size, its token ids
-    (check_vocab). Raises NoShardsError (a ShardError and a FileNotFoundError) for a missing
-    folder or split, ShardError for the rest."""
-    shards = sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
-    if not shards and os.path.isdir(data_dir):  # a missing folder is check_data_dir's error
-        raise NoShardsError(
-            f"--data_dir {data_dir} has no {split} shards (*_{split}_*.bin); make them with fineweb.py "
-            f"(python fineweb.py --out_dir {data_dir})"
-        )
-    if vocab_size is None:
-        check_data_dir(data_dir)
-    else:
-        check_vocab(data_dir, vocab_size, split)
-    return shards
-
-
-def check_vocab(data_dir, vocab_size, split=None):
-    """The largest token id in data_dir's shards (of one split, or all), after checking that each
-    is below vocab_size: from the manifest's max_token, recorded when the shard was written, so
-    this costs no read of the shards; a shard whose entry lacks max_token (a manifest of an older
-    fineweb.py) is read through. Checks the data set first (check_data_dir)."""
-    manifest = check_data_dir(data_dir)
-    largest = -1
-    for entry in manifest["shards"]:
-        if split is not None and shard_split(entry["name"]) != split:
-            continue
-        path = os.path.join(data_dir, entry["name"])
-        if "max_token" in entry:
-            max_token = -1 if entry["max_token"] is None else int(entry["max_token"])
-            where = f" (its max_token in {MANIFEST})"
-        else:
-            tokens = load_shard(path)
-            max_token, where = int(tokens.max()) if len(tokens) else -1, ""
-        if max_token >= vocab_size:
-            raise _vocab_error(path, max_token, vocab_size, where)
-        largest = max(largest, max_token)
-    return largest
-
-
-def write_manifest(out_dir, source=None):
-    """Index the shards already in out_dir (of one prefix; made by write_shard, or by another tool
-    in the same format such as llm.c) into out_dir/manifest.json, written atomically; returns
-    the manifest. Reads every shard once, for its token count, documents (GPT-2 <|endoftext|>
-    tokens) and largest token id. source: a JSON-able note of where the shards came from."""
-    if not os.path.isdir(out_dir):
-        raise NoShardsError(f"{out_dir} is not a folder; give the folder that holds the shards")
-    names = shard_names(out_dir)
-    if not names:
-        raise NoShardsError(f"{out_dir} holds no shards (*_val_*.bin, *_train_*.bin) to index")
-    _check_one_prefix(out_dir, names, flag="")
-    names.sort(key=lambda n: (shard_split(n) != "val", n))  # val first, as fineweb.py writes them
-    shards = [_shard_entry(n, load_shard(os.path.join(out_dir, n))) for n in names]
-    shard_size = max((s["tokens"] for s in shards if s["split"] == "train"), default=0)
-    val_tokens = sum(s["tokens"] for s in shards if s["split"] == "val")
-    return _save_manifest(out_dir, shards, source, None, shard_size, val_tokens)
-
-
-def _save_manifest(folder, shards, source, tokenizer, shard_size, val_tokens):
-    """folder/manifest.json listing shards (their manifest entries), written atomically; returns it."""
-    manifest = {
-        "source": source,
-        "tokenizer": tokenizer,
-        "format": FORMAT,
-        "shard_size": shard_size,
-        "val_tokens": val_tokens,
-        "documents": sum(s["documents"] for s in shards),
-        "tokens": sum(s["tokens"] for s in shards),
-        "shards": shards,
-    }
-    _write_atomic(os.path.join(folder, MANIFEST), (json.dumps(manifest, indent=1) + "\n").encode())
-    return manifest
+from common import ArgumentParser, UserError, exit_on_user_error
+from shards import MANIFEST, SHARD_GLOBS, TOKEN_DTYPE, first_three, load_shard, read_manifest, save_manifest, shard_entry, write_manifest, write_shard
+from tokenizer import get_tokenizer
 
 
 # -----------------------------------------------------------------------------
@@ -420,7 +141,7 @@ def local_documents(files):
         if loader == "text":
             # a run of .txt files loads in one call (a folder may hold thousands of them); every file
             # is one document, even an empty one
-            what = "--input .txt files " + _first_three(group)
+            what = "--input .txt files " + first_three(group)
             try:
                 ds = datasets.load_dataset("text", data_files=group, split="train", streaming=True, sample_by="document")
                 yield from _text_batches(ds, what)
@@ -645,7 +366,7 @@ class ShardWriter:
         split = "val" if self.index == 0 else "train"
         path = os.path.join(self.out_dir, f"{self.prefix}_{split}_{self.index:06d}.bin")
         write_shard(path, tokens)
-        self.shards.append(_shard_entry(os.path.basename(path), tokens))
+        self.shards.append(shard_entry(os.path.basename(path), tokens))
         self.index, self.fill = self.index + 1, 0
 
     def close(self, what):
@@ -694,9 +415,9 @@ def write_shards(documents, out_dir, prefix, shard_size=SHARD_SIZE, val_tokens=N
             if bar is not None:
                 bar.close()
         writer.close(describe(source))
-        tokenizer = {"name": "gpt2 (tiktoken, model.get_tokenizer)", "n_vocab": enc.n_vocab, "eot_token": enc.eot_token,
+        tokenizer = {"name": "gpt2 (tiktoken, tokenizer.get_tokenizer)", "n_vocab": enc.n_vocab, "eot_token": enc.eot_token,
                      "document": "[<|endoftext|>] + encode_ordinary(text)"}
-        manifest = _save_manifest(tmp, writer.shards, source, tokenizer, shard_size, val_tokens)
+        manifest = save_manifest(tmp, writer.shards, source, tokenizer, shard_size, val_tokens)
     return manifest
 
 
@@ -706,7 +427,7 @@ def describe(source):
     if kind == "embedded":
         return "the embedded corpus (--embedded)"
     if kind == "local":
-        return "--input " + _first_three(source["files"], sep=" ")
+        return "--input " + first_three(source["files"], sep=" ")
     if kind == "huggingface":
         return f"--dataset {source['dataset']} --config {source['config']}"
     return "the input"

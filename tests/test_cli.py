@@ -5,9 +5,9 @@ import importlib
 
 import pytest
 
-from model import HelpFormatter
+from common import HelpFormatter
 
-SCRIPTS = ["train_gpt2", "fineweb", "hellaswag", "model", "bench_train"]
+SCRIPTS = ["train_args", "fineweb", "hellaswag", "sample", "bench_train"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -29,10 +29,10 @@ def test_help_gives_every_flag_a_text_and_its_default(script):
 
 
 def test_preset_help_says_what_each_preset_sets():
-    import train_gpt2
+    import train_args
 
-    text = train_gpt2.get_parser().format_help()
-    for name, settings in train_gpt2.PRESETS.items():
+    text = train_args.get_parser().format_help()
+    for name, settings in train_args.PRESETS.items():
         assert name in text
         for k, v in settings.items():
             assert f"--{k} {v}" in " ".join(text.split()), (name, k)

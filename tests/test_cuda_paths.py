@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import train_gpt2
-from model import UserError, resolve_device
+import device
+from common import UserError
+from device import resolve_device
 
 # real torch.cuda.get_device_name() strings, and the dense datasheet peak each must get
 NAMES = [
@@ -47,7 +49,7 @@ NAMES = [
 
 @pytest.mark.parametrize("name, dtype, peak", NAMES)
 def test_gpu_peak_flops(name, dtype, peak):
-    got = train_gpt2.gpu_peak_flops(name, dtype)
+    got = device.gpu_peak_flops(name, dtype)
     assert got == (pytest.approx(peak) if peak is not None else None)
 
 
@@ -63,7 +65,7 @@ def test_tf32_setup_leaves_torch_readable(restore_matmul_flags):
     """After the lines the CUDA branch runs, both of torch's APIs read without the 'mix of the
     legacy and new APIs' error that torch.compile would meet, and say TF32."""
     mkldnn = torch.backends.mkldnn.matmul.fp32_precision
-    train_gpt2.configure_tf32("cuda")
+    device.configure_tf32("cuda")
     assert torch.backends.cuda.matmul.allow_tf32 is True
     assert torch.get_float32_matmul_precision() == "high"
     assert torch.backends.cuda.matmul.fp32_precision == "tf32"
@@ -72,7 +74,7 @@ def test_tf32_setup_leaves_torch_readable(restore_matmul_flags):
 
 def test_tf32_setup_does_nothing_on_cpu(restore_matmul_flags):
     before = torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32
-    train_gpt2.configure_tf32("cpu")
+    device.configure_tf32("cpu")
     assert (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32) == before
 
 
@@ -114,9 +116,9 @@ def test_find_batch_size_halves_until_it_fits():
         if b > 24:
             raise torch.OutOfMemoryError("CUDA out of memory")
 
-    assert train_gpt2.find_batch_size(try_batch, 64) == 16
+    assert device.find_batch_size(try_batch, 64) == 16
     assert tried == [64, 32, 16]
-    assert train_gpt2.find_batch_size(lambda b: None, 48) == 32  # a power of two, at most the recipe's
+    assert device.find_batch_size(lambda b: None, 48) == 32  # a power of two, at most the recipe's
 
 
 def test_find_batch_size_when_nothing_fits():
@@ -124,7 +126,7 @@ def test_find_batch_size_when_nothing_fits():
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     with pytest.raises(UserError, match="even one sequence does not fit"):
-        train_gpt2.find_batch_size(try_batch, 8)
+        device.find_batch_size(try_batch, 8)
 
 
 def test_batch_size_auto_is_refused_on_cpu(tmp_path, capsys):

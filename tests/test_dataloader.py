@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fineweb import ShardError, write_manifest, write_shard
-from train_gpt2 import DataLoaderLite, find_shards
+from shards import ShardError, find_shards, write_manifest, write_shard
+from train_gpt2 import DataLoaderLite
 
 # train shard i holds i*10000 + position: every token says where it was read from
 TRAIN_LENGTHS = [100, 70, 50]

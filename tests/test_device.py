@@ -20,10 +20,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import fineweb
 import hellaswag
+import shards
 import train_gpt2
 from model import GPT, GPTConfig
+from parallel import Dist
 
 DEVICE = os.environ.get("GPT2_TEST_DEVICE", "cpu")
 # cuBLAS is deterministic only with a fixed workspace, which must be chosen before its first use
@@ -49,7 +50,7 @@ def device():
 @contextlib.contextmanager
 def ieee_fp32_matmuls():
     """Full float32 matmuls on CUDA (no TF32, which train_gpt2 turns on and a test may have left
-    on), restored afterwards. Through the legacy flag, as train_gpt2.configure_tf32 sets it:
+    on), restored afterwards. Through the legacy flag, as device.configure_tf32 sets it:
     setting the newer fp32_precision instead makes the legacy getters, which torch.compile reads,
     raise."""
     m = torch.backends.cuda.matmul
@@ -143,8 +144,8 @@ def train_steps(model, device, batches, steps, lr=1e-3):
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=False)  # float32: passes everything through
     losses = []
     for _ in range(steps):
-        loss, _ = train_gpt2.train_step(model, optimizer, loader, 2, autocast, device, 1.0, scaler)
-        optimizer.step()
+        loss = train_gpt2.forward_backward(model, loader, 2, autocast, scaler, Dist(False, 0, 1, device))
+        train_gpt2.optimizer_step(optimizer, scaler, lr, 1.0)
         losses.append(loss.item())
     return losses
 
@@ -220,9 +221,8 @@ def write_data(d):
         tokens = pattern[np.arange(n) % 97]
         noise = rng.random(n) < 0.1
         tokens[noise] = rng.integers(0, 50257, noise.sum())
-        fineweb.write_shard(os.path.join(d, f"dev_{'val' if i == 0 else 'train'}_{i:06d}.bin"), tokens)
-    if hasattr(fineweb, "write_manifest"):  # training data is read only with its manifest beside it
-        fineweb.write_manifest(d)
+        shards.write_shard(os.path.join(d, f"dev_{'val' if i == 0 else 'train'}_{i:06d}.bin"), tokens)
+    shards.write_manifest(d)  # training data is read only with its manifest beside it
     return d
 
 

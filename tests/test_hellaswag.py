@@ -17,7 +17,10 @@ import torch
 from torch.nn import functional as F
 
 import hellaswag
-from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, UserError, get_tokenizer
+from common import UserError
+from device import autocast_and_scaler
+from model import GPT, GPTConfig
+from tokenizer import GPT2_VOCAB_SIZE, get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -215,7 +218,7 @@ def test_padded_vocabulary_and_bfloat16(examples):
     ref_sum, ref_mean = reference_scores(fn, examples)
     s = hellaswag.score_batch(fn, examples, "cpu")
     torch.testing.assert_close(s.sum_loss, ref_sum)
-    autocast = hellaswag.autocast_context("cpu", "bfloat16")
+    autocast = autocast_and_scaler("cpu", "bfloat16")[0]
     dtypes = []
 
     def recording(idx):
@@ -232,7 +235,7 @@ def test_padded_vocabulary_and_bfloat16(examples):
     assert dtypes[3:] == [torch.bfloat16] * 3 and not torch.is_autocast_enabled("cpu")
     assert counts["num_correct_norm"] == (bf.pred_norm == torch.tensor([e.label for e in examples])).sum().item()
     # float32 is no autocast at all
-    assert isinstance(hellaswag.autocast_context("cpu", "float32"), contextlib.nullcontext)
+    assert not autocast_and_scaler("cpu", "float32")[0]._enabled
     assert (autocast.device, autocast.fast_dtype) == ("cpu", torch.bfloat16)
 
 

@@ -14,8 +14,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, pipeline
 
-import model
-from model import GPT, GPTConfig, config_from_hf, generate, get_tokenizer, load_model
+import sample
+from checkpoint import load_model
+from common import UserError
+from model import CONV1D_WEIGHTS, GPT, GPTConfig, config_from_hf, generate
+from tokenizer import get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 on CPU: the logits below differ by at most ~4e-6
@@ -149,7 +152,7 @@ def test_gpt2_124M_parameter_count():
     sd_ours, sd_hf = ours.state_dict(), hf.state_dict()
     assert set(sd_ours) == {k for k in sd_hf if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     for k, v in sd_ours.items():
-        want = sd_hf[k].shape[::-1] if k.endswith(model.CONV1D_WEIGHTS) else sd_hf[k].shape
+        want = sd_hf[k].shape[::-1] if k.endswith(CONV1D_WEIGHTS) else sd_hf[k].shape
         assert v.shape == want, k
 
 
@@ -492,8 +495,8 @@ def test_generate_never_samples_padding(padded_rigged):
 
 def test_sample_text(padded_rigged):
     prompt = "Hello, I'm a language model,"
-    a = model.sample_text(padded_rigged, prompt, num_samples=3, max_new_tokens=5, device="cpu", seed=1)
-    b = model.sample_text(padded_rigged, prompt, num_samples=3, max_new_tokens=5, device="cpu", seed=1)
+    a = sample.sample_text(padded_rigged, prompt, num_samples=3, max_new_tokens=5, device="cpu", seed=1)
+    b = sample.sample_text(padded_rigged, prompt, num_samples=3, max_new_tokens=5, device="cpu", seed=1)
     assert a == b and len(a) == 3
     assert all(s.startswith(prompt) and len(s) > len(prompt) for s in a)
 
@@ -512,21 +515,21 @@ def test_load_model_checkpoint(tmp_path, padded_rigged):
     with torch.no_grad():
         torch.testing.assert_close(m(idx)[0], padded_rigged(idx)[0], rtol=0, atol=0)
     torch.save({"weights": {}}, path)
-    with pytest.raises(ValueError, match="is not a train_gpt2.py checkpoint"):
+    with pytest.raises(UserError, match=r"could not load it as a train_gpt2.py checkpoint \(not a train_gpt2.py checkpoint\)"):
         load_model(path)
 
 
 def test_cli_samples_from_hf_dir(padded_export, monkeypatch, capsys, no_network):
     _, d = padded_export
-    argv = ["model.py", "--model", d, "--num_samples", "2", "--max_new_tokens", "4", "--device", "cpu"]
+    argv = ["sample.py", "--model", d, "--num_samples", "2", "--max_new_tokens", "4", "--device", "cpu"]
     monkeypatch.setattr(sys, "argv", argv)
-    model.main()
+    sample.main()
     lines = capsys.readouterr().out.splitlines()
     samples = [s for s in lines if s.startswith("> ")]
     assert len(samples) == 2 and all(s.startswith("> Hello, I'm a language model,") for s in samples)
     monkeypatch.setattr(sys, "argv", argv + ["--top_k", "-1"])
     with pytest.raises(SystemExit) as e:
-        model.main()
+        sample.main()
     assert e.value.code == 2 and "--top_k" in capsys.readouterr().err
 
 

