@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from common import UserError, one_line, write_atomic
+from common import UserError, make_dirs, one_line, write_atomic
 from model import GPT, HF_GPT2_NAMES, GPTConfig, is_hub_name
 from parallel import broadcast_from_master
 
@@ -25,7 +25,8 @@ from parallel import broadcast_from_master
 # batch_size, device, ...) may change between a checkpoint and its resumption, and are logged
 RUN_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "init_from", "seq_len",
              "total_batch_size", "data_dir", "max_lr", "min_lr_ratio", "warmup_steps", "weight_decay",
-             "grad_clip", "seed")
+             "grad_clip", "seed", "rotary", "qk_norm", "mlp_act", "norm", "tie_embeddings", "zero_init", "optimizer",
+             "muon_lr", "lr_schedule", "cooldown_frac")
 TRAIN_STATE = "train_state.pt"  # in a sharded checkpoint folder: everything but the tensors' shards
 
 
@@ -170,7 +171,7 @@ def start_log_dir(args, master):
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         if old:
             print(f"--overwrite: deleted {len(old)} files of the previous run in {args.log_dir}")
-    os.makedirs(args.log_dir, exist_ok=True)
+    make_dirs(args.log_dir)
 
 
 # -----------------------------------------------------------------------------

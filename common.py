@@ -5,6 +5,7 @@ No torch here, so that fineweb.py and every --help start fast.
 """
 
 import argparse
+import errno
 import os
 import sys
 
@@ -30,7 +31,9 @@ class ArgumentParser(argparse.ArgumentParser):
     mistake."""
 
     def __init__(self, prog, description=None, **kwargs):
-        super().__init__(prog=prog, description=description, formatter_class=HelpFormatter, **kwargs)
+        # allow_abbrev off: --max_step 5 is a typo to report, not --max_steps 5 to guess
+        super().__init__(prog=prog, description=description, formatter_class=HelpFormatter, allow_abbrev=False,
+                         **kwargs)
 
     def error(self, message):
         raise UserError(f"{message} (see python {self.prog} --help)")
@@ -51,8 +54,9 @@ def write_atomic(path, data):
     """data at path (its folder made if need be): bytes, or a function that writes into the open
     binary file (torch.save, savefig). Written under path.tmp, flushed to disk and renamed: a crash or Ctrl-C mid-write
     leaves the previous file intact and never a half-written one under the real name, and a failed
-    write removes its .tmp."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write removes its .tmp. An OS error (disk full, read-only or missing folder, a file where a
+    folder should be) is the user's situation: a UserError naming path."""
+    make_dirs(os.path.dirname(os.path.abspath(path)))
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
@@ -60,9 +64,55 @@ def write_atomic(path, data):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        error = os_error(e)
+        if error is None:
+            raise
+        raise write_error(path, error) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def make_dirs(path):
+    """os.makedirs(path, exist_ok=True), an OS error being a UserError naming path."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise write_error(path, e) from None
+
+
+def os_error(e):
+    """The OSError that e is or that caused it (torch.save reports a failed write as a
+    RuntimeError raised while handling the OSError), or None."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def write_error(path, e):
+    """The one line for OSError e met while writing path: what happened and what to do."""
+    what = {errno.ENOSPC: "the disk is full: free some space or write elsewhere",
+            errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere",
+            errno.EROFS: "the file system is read-only: write elsewhere",
+            errno.EACCES: "permission denied: fix the folder's permissions or write elsewhere",
+            errno.EPERM: "permission denied: fix the folder's permissions or write elsewhere",
+            errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+            errno.EEXIST: "it is a file, not a folder: choose another path"}.get(e.errno)
+    return UserError(f"cannot write {path}: {what or e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); "
+                     f"nothing there was replaced")
+
+
+def check_writable(path, flag, folder=False):
+    """Refuse, before any work, an output path under a file (--out a/b.json where a is a file), or
+    for a folder (folder=True) a path that is a file."""
+    if folder and os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a file, not a folder; choose another path")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent != os.path.abspath(path) and not os.path.isdir(parent):
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
 
 
 def one_line(e, n=300):

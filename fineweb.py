@@ -9,9 +9,18 @@ FineWeb-Edu's 10B-token sample (needs a network; about 100 shards of 100M tokens
     python fineweb.py --dataset HuggingFaceFW/fineweb   # -> fineweb10B/
     python fineweb.py --streaming                       # read from the Hub as it goes, no local copy
 
-Local files (.jsonl/.json with a "text" field, .parquet with a "text" column, .txt one document per file):
+Local files (.jsonl/.json with a "text" field, also gzipped, .parquet with a "text" column, text
+files .txt/.rst/.md one document per file, also gzipped) and folders (their text files, all levels
+down, sorted; other files are skipped and counted):
 
     python fineweb.py --input "corpus/*.jsonl" more.parquet --out_dir data/mine --val_tokens 1000000
+
+Debian's Linux kernel documentation (5,127 .rst.gz/.txt.gz documents, 10.2M tokens, GPL-2.0), the
+offline corpus the recipe comparison (compare_recipes.py) trains on; not the package's whole folder,
+whose html/_sources holds a copy of every .rst:
+
+    cd /tmp && apt-get download linux-doc-6.1 && dpkg-deb -x linux-doc-6.1_*.deb /tmp/linuxdoc && cd -
+    python fineweb.py --input /tmp/linuxdoc/usr/share/doc/linux-doc-6.1/Documentation --out_dir data/linuxdoc --val_tokens 262144
 
 The embedded offline corpus, CPython's bundled reference documentation (pydoc_data.topics, one
 document per topic, about 139k tokens on Python 3.11); no network, a few seconds:
@@ -36,6 +45,7 @@ import collections
 import contextlib
 import errno
 import glob
+import gzip
 import itertools
 import json
 import logging
@@ -45,6 +55,7 @@ import shutil
 import sys
 import tempfile
 import time
+import zlib
 
 import numpy as np
 
@@ -59,9 +70,12 @@ from tokenizer import get_tokenizer
 DEFAULT_DATASET = "HuggingFaceFW/fineweb-edu"
 DEFAULT_CONFIG = "sample-10BT"
 EMBEDDED_NAME = "CPython's bundled reference documentation (pydoc_data.topics), one document per topic"
-# local file types and the `datasets` packaged loader that reads each
-LOCAL_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
-LOCAL_TYPES = ".jsonl/.json (a 'text' field), .parquet (a 'text' column) or .txt (one document per file)"
+# local file types: record files, read by the `datasets` packaged loader named here (which also
+# decompresses .jsonl.gz/.json.gz), and plain text, one document per file, read by read_text_file
+RECORD_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".jsonl.gz": "json", ".json.gz": "json"}
+TEXT_TYPES = (".txt", ".rst", ".md", ".txt.gz", ".rst.gz", ".md.gz")
+LOCAL_TYPES = (".jsonl/.json (a 'text' field; also .gz), .parquet (a 'text' column), or text, one document per file: "
+               ".txt/.rst/.md (also .gz); a folder: its text files, all levels down")
 
 
 class InputError(UserError, ValueError):
@@ -100,8 +114,43 @@ def _text_batches(ds, what):
             i += 1
 
 
+def local_type(path):
+    """What --input reads a file as: "text" (one document per file), the `datasets` loader of a
+    record file, or None. By the name's last two suffixes, so that docs.rst.gz is gzip-compressed
+    text and changelog.Debian.gz is not text."""
+    ext = file_type(path)
+    return "text" if ext in TEXT_TYPES else RECORD_LOADERS.get(ext)
+
+
+def file_type(path):
+    """A file's type by its name: its suffix, or its last two if the last is .gz (.rst.gz)."""
+    name = os.path.basename(path).lower()
+    compressed = name.endswith(".gz")
+    return os.path.splitext(name[:-3] if compressed else name)[1] + (".gz" if compressed else "")
+
+
+def folder_files(folder):
+    """The text files (TEXT_TYPES) under folder, all levels down, sorted by path, and a count of
+    what was skipped by type. Record files are skipped too: a folder of them often holds other
+    .json files that are no training data (the `datasets` cache's dataset_info.json, state.json);
+    name or glob those."""
+    files, skipped = [], collections.Counter()
+    for root, dirs, names in os.walk(folder):
+        for d in dirs:
+            if os.path.islink(os.path.join(root, d)):  # os.walk does not follow it: say so
+                skipped["links to folders"] += 1
+        for name in names:
+            path = os.path.join(root, name)
+            if local_type(path) == "text" and os.path.isfile(path):
+                files.append(path)
+            else:
+                skipped[file_type(name) or "no extension"] += 1
+    return sorted(files), skipped
+
+
 def expand_inputs(patterns):
-    """The files named by --input: each pattern a path or a glob (matches sorted), in the order given."""
+    """The files named by --input: each pattern a path, a glob (matches sorted) or a folder (its
+    text files, sorted; folder_files), in the order given. What a folder skips is printed."""
     files = []
     for pattern in patterns:
         if glob.has_magic(pattern):
@@ -109,53 +158,70 @@ def expand_inputs(patterns):
             if not matches:
                 raise InputError(f"--input {pattern} matches no file")
         elif os.path.isdir(pattern):
-            raise InputError(f"--input {pattern} is a folder; name its files, e.g. --input '{os.path.join(pattern, '*.jsonl')}'")
+            matches, skipped = folder_files(pattern)
+            top = skipped.most_common(8)
+            other = ", ".join(f"{n} {ext}" for ext, n in top) + (f", {len(skipped) - len(top)} more types" if len(skipped) > len(top) else "")
+            if not matches:
+                raise InputError(f"--input {pattern} is a folder with no text files ({', '.join(TEXT_TYPES)}) in it"
+                                 f"{' (it holds ' + other + ')' if other else ''}; name record files (.jsonl, .parquet) "
+                                 f"or a glob, e.g. --input '{os.path.join(pattern, '*.jsonl')}'")
+            print(f"--input {pattern}: {len(matches):,} text files; skipped {sum(skipped.values()):,} others"
+                  f"{' (' + other + ')' if other else ''}")
         elif not os.path.isfile(pattern):
             raise InputError(f"--input {pattern}: no such file")
         else:
             matches = [pattern]
         for path in matches:
-            ext = os.path.splitext(path)[1].lower()
-            if ext not in LOCAL_LOADERS:
+            if local_type(path) is None:
+                ext = os.path.splitext(path)[1].lower()
                 raise InputError(f"--input {path}: cannot read '{ext}' files; expected {LOCAL_TYPES}")
         files.extend(matches)
     return files
 
 
-def local_documents(files):
-    """Documents of local files, in file order, through `datasets`' packaged loaders in streaming
-    mode: one pass, nothing converted to an Arrow cache, memory bounded whatever the file size.
-    A file that cannot be read raises InputError naming it."""
-    import datasets
-    import pyarrow
+def read_text_file(path):
+    """A text file's content as one document, decompressed if its name ends in .gz. Read as
+    UTF-8 with newlines as they are (a CRLF stays CRLF), so the tokens are those of the file."""
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise InputError(f"--input {path}: cannot read it as UTF-8 text ({type(e).__name__}: {e})") from e
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a cut-off gzip is an EOFError
+        what = "gzip-compressed text" if opener is gzip.open else "text"
+        raise InputError(f"--input {path}: cannot read it as {what} ({type(e).__name__}: {e})") from e
 
-    datasets.disable_progress_bars()
-    # a file it cannot parse is reported by InputError below, in one line; `datasets` would also log it
-    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
-    # what the packaged loaders raise on a file that is not what its name says (a broken JSON line,
-    # a file that is not Parquet, text that is not UTF-8)
-    read_errors = (pyarrow.ArrowException, UnicodeDecodeError, json.JSONDecodeError, datasets.exceptions.DatasetsError)
-    loader_of = lambda path: LOCAL_LOADERS[os.path.splitext(path)[1].lower()]
-    for loader, group in itertools.groupby(files, key=loader_of):
-        group = list(group)
+
+def local_documents(files):
+    """Documents of local files, in file order: a text file is one document (read_text_file),
+    record files go through `datasets`' packaged loaders in streaming mode: one pass, nothing
+    converted to an Arrow cache, memory bounded whatever the file size. A file that cannot be
+    read raises InputError naming it."""
+    read_errors = None
+    for path in files:
+        loader = local_type(path)
         if loader == "text":
-            # a run of .txt files loads in one call (a folder may hold thousands of them); every file
-            # is one document, even an empty one
-            what = "--input .txt files " + first_three(group)
-            try:
-                ds = datasets.load_dataset("text", data_files=group, split="train", streaming=True, sample_by="document")
-                yield from _text_batches(ds, what)
-            except read_errors as e:
-                raise InputError(f"{what}: cannot read them as UTF-8 text ({type(e).__name__}: {e})") from e
+            yield read_text_file(path)  # every file is one document, even an empty one
             continue
-        for path in group:
-            if os.path.getsize(path) == 0:
-                continue  # holds no records (the json loader fails on it with a bare StopIteration)
-            try:
-                ds = datasets.load_dataset(loader, data_files=[path], split="train", streaming=True)
-                yield from _text_batches(ds, f"--input {path}")
-            except read_errors as e:
-                raise InputError(f"--input {path}: cannot read it as {loader} ({type(e).__name__}: {e}); expected {LOCAL_TYPES}") from e
+        if read_errors is None:  # imported only for record files: a folder of text needs none of it
+            import datasets
+            import pyarrow
+
+            datasets.disable_progress_bars()
+            # a file it cannot parse is reported by InputError below, in one line; `datasets` would also log it
+            datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
+            # what the packaged loaders raise on a file that is not what its name says (a broken JSON
+            # line, a file that is not Parquet or not gzip, text that is not UTF-8)
+            read_errors = (pyarrow.ArrowException, UnicodeDecodeError, json.JSONDecodeError,
+                           datasets.exceptions.DatasetsError, OSError, EOFError, zlib.error)
+        if os.path.getsize(path) == 0:
+            continue  # holds no records (the json loader fails on it with a bare StopIteration)
+        try:
+            ds = datasets.load_dataset(loader, data_files=[path], split="train", streaming=True)
+            yield from _text_batches(ds, f"--input {path}")
+        except read_errors as e:
+            raise InputError(f"--input {path}: cannot read it as {loader} ({type(e).__name__}: {e}); expected {LOCAL_TYPES}") from e
 
 
 def hf_documents(dataset=DEFAULT_DATASET, config=DEFAULT_CONFIG, streaming=False):
@@ -563,7 +629,8 @@ def get_parser():
     src.add_argument("--config", default=None, help=f"its configuration (default {DEFAULT_CONFIG}; or sample-100BT, sample-350BT, default)")
     src.add_argument("--streaming", action="store_true", help="read the Hugging Face dataset from the Hub as it goes instead of downloading a local copy first")
     src.add_argument("--input", nargs="+", default=None, metavar="PATH",
-                     help=f"local files or globs instead (default: none): {LOCAL_TYPES}; read in the order given, glob matches sorted")
+                     help=f"local files, folders or globs instead (default: none): {LOCAL_TYPES}; read in the order given, "
+                          "a glob's matches and a folder's files sorted")
     src.add_argument("--embedded", action="store_true",
                      help=f"the embedded offline corpus instead: {EMBEDDED_NAME}; about 139k tokens, no network needed")
     out = p.add_argument_group("output")

@@ -37,7 +37,7 @@ import torch
 from torch.nn import functional as F
 
 from checkpoint import check_source, load_error, load_model
-from common import ArgumentParser, UserError, exit_on_user_error, write_atomic
+from common import ArgumentParser, UserError, check_writable, exit_on_user_error, write_atomic
 from device import autocast_and_scaler, resolve_device
 from model import HF_GPT2_NAMES, is_hub_name, load_hf_gpt2
 from tokenizer import GPT2_EOT, GPT2_VOCAB_SIZE, get_tokenizer
@@ -592,6 +592,8 @@ def check_args(args):
     if args.out is not None and os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a directory; give a file name, such as "
                         f"{os.path.join(args.out, 'hellaswag.json')}")
+    if args.out is not None:
+        check_writable(args.out, "--out")  # before the evaluation, not after it
     if args.benchmark and args.limit is None:
         args.limit = 100
     return args

@@ -97,6 +97,15 @@ def wrap_model(model, d, compile, fsdp):
         train_model = torch.compile(model, dynamic=False)
         infer_model = model if fsdp else torch.compile(model, dynamic=True)
     if d.ddp and not fsdp:
+        # DDP around the compiled model, as nanoGPT: the all-reduce still overlaps the backward.
+        # TorchDynamo splits a graph at DDP's buckets (DDPOptimizer, torch._dynamo.config.optimize_ddp)
+        # when it compiles a frame while a DDP forward is running (convert_frame reads
+        # DDP._get_active_ddp_module(), which DDP sets around its call of the inner module), so
+        # this order triggers it as PyTorch's documented torch.compile(DDP(model)) does: on 2 gloo
+        # ranks (torch 2.13) both orders compile the same 4 graphs for 4 buckets, with gradients
+        # equal to eager DDP's. This order keeps train_model a DDP, which gradient_sync's no_sync
+        # needs. (Under FSDP, fully_shard's hooks break the graph at each block instead, and dynamo
+        # compiles the blocks one by one)
         train_model = DDP(train_model, device_ids=[d.device] if d.device.startswith("cuda") else None)
     return train_model, infer_model
 
@@ -140,8 +149,10 @@ def apply_fsdp(model, dtype):
     is ever whole on a rank; the root unit takes the rest: wte (which is lm_head, tied), wpe, ln_f.
     fully_shard turns the parameters into DTensors in place, so the optimizer is built after."""
     if dtype == "bfloat16":
-        # compute in bf16 from fp32 master weights, as autocast does under DDP; gradients are
-        # reduced in fp32 so that averaging over ranks loses no precision
+        # the shards (what AdamW updates) stay fp32 and every gathered copy is bf16. Unlike autocast
+        # under DDP, which casts only the matmuls' inputs, this makes the embeddings' outputs and so
+        # the whole residual stream bf16 (README, --fsdp). Gradients are reduced in fp32 so that
+        # averaging over ranks loses no precision
         mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     else:
         mp_policy = MixedPrecisionPolicy()  # float32 (float16 is autocast's, as under DDP)

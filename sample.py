@@ -5,31 +5,13 @@ directory, or one of our train_gpt2.py checkpoints:
     python sample.py --model gpt2 --prompt "Hello, I'm a language model," --num_samples 5 --max_new_tokens 30
     python sample.py --model path/to/hf_dir
     python sample.py --model log/model_19073.pt
+    python sample.py --model log/model_19073.pt --prompt ''    # unconditional: continues <|endoftext|>
 """
 
 import contextlib
+import sys
 
-import torch
-
-from checkpoint import load_model
 from common import ArgumentParser, UserError, exit_on_user_error
-from device import resolve_device
-from model import generate
-from tokenizer import get_tokenizer
-
-
-def sample_text(model, prompt, num_samples, max_new_tokens, device, top_k=50, temperature=1.0, seed=42,
-                autocast=contextlib.nullcontext(), block_size=None):
-    """Decoded samples of prompt; reproducible for a given seed on a given device. model may be a
-    GPT or anything that maps idx to (logits, loss), such as a compiled GPT (give block_size)."""
-    enc = get_tokenizer()
-    tokens = torch.tensor(enc.encode_ordinary(prompt), dtype=torch.long, device=device)
-    idx = tokens.unsqueeze(0).repeat(num_samples, 1)  # (num_samples, T)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with autocast:
-        out = generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen,
-                       block_size=block_size)
-    return [enc.decode(row.tolist()) for row in out]
 
 
 def get_parser():
@@ -44,6 +26,36 @@ def get_parser():
     a("--seed", type=int, default=42, help="seed of the sampling generator")
     a("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     return p
+
+
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    # --help at once, not after the seconds that importing torch takes on a busy machine
+    exit_on_user_error("sample.py", get_parser().parse_args)
+
+import torch
+
+from checkpoint import load_model
+from device import resolve_device
+from model import generate
+from tokenizer import GPT2_EOT, get_tokenizer
+
+
+def sample_text(model, prompt, num_samples, max_new_tokens, device, top_k=50, temperature=1.0, seed=42,
+                autocast=contextlib.nullcontext(), block_size=None):
+    """Decoded samples of prompt; reproducible for a given seed on a given device. model may be a
+    GPT or anything that maps idx to (logits, loss), such as a compiled GPT (give block_size)."""
+    enc = get_tokenizer()
+    # an empty prompt samples unconditionally, continuing <|endoftext|> (a document's start) as
+    # OpenAI's GPT-2 does; that token is not part of the text returned
+    ids = enc.encode_ordinary(prompt) or [GPT2_EOT]
+    skip = 0 if prompt else 1
+    tokens = torch.tensor(ids, dtype=torch.long, device=device)
+    idx = tokens.unsqueeze(0).repeat(num_samples, 1)  # (num_samples, T)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with autocast:
+        out = generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen,
+                       block_size=block_size)
+    return [enc.decode(row[skip:].tolist()) for row in out]
 
 
 def run(argv=None):

@@ -158,6 +158,9 @@ def check_data_dir(data_dir):
     shards of one finished fineweb.py run: shards of one prefix, a manifest.json (written last,
     so a killed run has none), every shard it lists present with its header's token count, and
     no shard it does not list. Reads the shards' headers only. Raises ShardError otherwise."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise ShardError(f"--data_dir {data_dir} is a file, not a folder; give the folder of token shards that "
+                         f"fineweb.py wrote")
     if not os.path.isdir(data_dir):
         raise NoShardsError(
             f"--data_dir {data_dir} does not exist; make shards with fineweb.py (python fineweb.py --out_dir {data_dir})"

@@ -7,9 +7,8 @@ import argparse
 import math
 import os
 
-from common import ArgumentParser, UserError
+from common import ArgumentParser, UserError, check_writable
 from fineweb import EMBEDDED_OUT_DIR
-from model import GPTConfig
 
 # the GPT-2 family: shapes from the GPT-2 paper (table 2); learning rate, batch and tokens from
 # llm.c's published reproductions (scripts/run_gpt2_*.sh), whose learning rates and batches are
@@ -44,6 +43,23 @@ PRESETS = {
     ),
 }
 
+# the recipes: GPT-2's architecture and optimizer, or the modern one that modded-nanogpt's speedrun
+# and nanochat train with (rotary positions, QK-norm, ReLU squared, RMSNorm, an untied head,
+# zero-initialised projections, Muon, warmup-stable-decay). Defaults like a preset's: any single
+# flag still overrides one component, for an ablation
+RECIPES = {
+    "gpt2": {},
+    "modern": dict(rotary=True, qk_norm=True, mlp_act="relu2", norm="rmsnorm", tie_embeddings=False, zero_init=True,
+                   optimizer="muon", lr_schedule="wsd"),
+}
+ARCHITECTURE = ("rotary", "qk_norm", "mlp_act", "norm", "tie_embeddings", "zero_init")  # GPTConfig's own
+
+
+def as_flags(settings):
+    """{'rotary': True, 'tie_embeddings': False, 'norm': 'rmsnorm'} -> '--rotary --no-tie_embeddings --norm rmsnorm'."""
+    return " ".join(f"--{'' if v else 'no-'}{k}" if isinstance(v, bool) else f"--{k} {v}" for k, v in settings.items())
+
+
 def batch_size_arg(s):
     if s == "auto":
         return s
@@ -60,6 +76,9 @@ def get_parser(description=None):
                         for name, s in PRESETS.items())
     a("--preset", choices=list(PRESETS), default="gpt2-124m",
       help=f"a set of defaults; explicit flags override them. {presets}")
+    a("--recipe", choices=list(RECIPES), default="gpt2",
+      help="the model and optimizer: a set of defaults over the preset's; explicit flags override them. "
+           + "; ".join(f"{name}: {as_flags(s) or 'the defaults below'}" for name, s in RECIPES.items()))
     # data and outputs
     a("--data_dir", default="edu_fineweb10B", help="folder of token shards written by fineweb.py")
     a("--log_dir", default="log", help="where log.jsonl, loss.png and checkpoints go")
@@ -74,6 +93,17 @@ def get_parser(description=None):
     a("--n_embd", type=int, default=768, help="width of the residual stream")
     a("--block_size", type=int, default=1024, help="the model's context length")
     a("--vocab_size", type=int, default=50304, help="GPT-2's 50257 padded up to a multiple of 128 for faster matmuls")
+    a("--rotary", action=argparse.BooleanOptionalAction, default=False,
+      help="rotary position embeddings in attention instead of GPT-2's learned position embedding wpe")
+    a("--qk_norm", action=argparse.BooleanOptionalAction, default=False,
+      help="RMS-normalise each head's queries and keys before attention")
+    a("--mlp_act", choices=["gelu", "relu2"], default="gelu", help="the MLP's activation: GELU (tanh form, GPT-2's) or ReLU squared")
+    a("--norm", choices=["layernorm", "rmsnorm"], default="layernorm",
+      help="the blocks' and the final normalisation: LayerNorm (GPT-2's) or RMSNorm without parameters")
+    a("--tie_embeddings", action=argparse.BooleanOptionalAction, default=True,
+      help="the lm_head shares its matrix with the token embedding wte (GPT-2's); --no-tie_embeddings gives each its own")
+    a("--zero_init", action=argparse.BooleanOptionalAction, default=False,
+      help="start the residual projections c_proj (and an untied lm_head) at zero")
     # batch: total_batch_size tokens per optimizer step = batch_size * seq_len * world_size * grad_accum_steps
     a("--batch_size", type=batch_size_arg, default=64,
       help="sequences per micro-step per process; auto (CUDA): the largest power of two up to the preset's that fits")
@@ -84,6 +114,15 @@ def get_parser(description=None):
     a("--min_lr_ratio", type=float, default=0.1, help="the LR decays to max_lr * min_lr_ratio")
     a("--warmup_steps", type=int, default=715, help="steps of linear warmup")
     a("--max_steps", type=int, default=19073, help="optimizer steps; the cosine ends here")
+    a("--lr_schedule", choices=["cosine", "wsd"], default="cosine",
+      help="after warmup: cosine decay to max_lr * min_lr_ratio at --max_steps, or wsd (warmup-stable-decay): "
+           "--max_lr held, then a linear decay to max_lr * min_lr_ratio over the last --cooldown_frac of the steps")
+    a("--cooldown_frac", type=float, default=0.4, help="the fraction of --max_steps that --lr_schedule wsd decays over")
+    a("--optimizer", choices=["adamw", "muon"], default="adamw",
+      help="adamw for every parameter, or muon for the blocks' matrices with AdamW (at --max_lr) for the embeddings, "
+           "lm_head, biases and gains")
+    a("--muon_lr", type=float, default=0.02,
+      help="Muon's learning rate after warmup (--optimizer muon); the schedule scales it as it scales --max_lr")
     a("--weight_decay", type=float, default=0.1, help="AdamW weight decay of the matrices")
     a("--grad_clip", type=float, default=1.0, help="clip the global gradient norm to this (0: no clipping)")
     a("--stop_at_step", type=int, default=None, help="end the run after this many steps, with a checkpoint, leaving the LR schedule of --max_steps unchanged (continue with --resume)")
@@ -120,7 +159,7 @@ def parse_args(argv=None, description=None):
     parser = get_parser(description)
     # presets are defaults, so that any explicit flag still wins
     known, _ = parser.parse_known_args(argv)
-    parser.set_defaults(**PRESETS[known.preset])
+    parser.set_defaults(**PRESETS[known.preset], **RECIPES[known.recipe])  # they set different flags
     return parser.parse_args(argv)
 
 
@@ -141,10 +180,30 @@ def check_args(args):
         raise UserError(f"--max_lr must be a finite number > 0, got {args.max_lr}")
     if not 0 <= args.min_lr_ratio <= 1:
         raise UserError(f"--min_lr_ratio must be in [0, 1], got {args.min_lr_ratio}")
+    if not (args.muon_lr > 0 and math.isfinite(args.muon_lr)):
+        raise UserError(f"--muon_lr must be a finite number > 0, got {args.muon_lr}")
+    if not 0 <= args.cooldown_frac <= 1:
+        raise UserError(f"--cooldown_frac must be in [0, 1], got {args.cooldown_frac}")
+    if args.lr_schedule == "wsd" and args.warmup_steps > args.max_steps * (1 - args.cooldown_frac):
+        raise UserError(f"--lr_schedule wsd: the cooldown over the last --cooldown_frac {args.cooldown_frac} of --max_steps "
+                        f"{args.max_steps} starts before --warmup_steps {args.warmup_steps} end; lower one of them")
+    if args.fsdp and args.optimizer == "muon":
+        raise UserError("--optimizer muon does not run under --fsdp yet: Muon orthogonalises whole matrices, which "
+                        "FSDP shards over the ranks; train with DDP (leave out --fsdp) or use --optimizer adamw")
+    if args.fsdp and not args.tie_embeddings:
+        raise UserError("--no-tie_embeddings does not run under --fsdp yet (its sharding assumes the tied matrix); "
+                        "train with DDP (leave out --fsdp) or pass --tie_embeddings")
+    modern = {k: getattr(args, k) for k in ARCHITECTURE if getattr(args, k) != get_parser().get_default(k)}  # GPT-2's
+    if args.init_from and modern:
+        raise UserError(f"--init_from {args.init_from} loads GPT-2's architecture, which {as_flags(modern)} would change; "
+                        f"leave them out (--recipe gpt2) to fine-tune GPT-2, or train from scratch without --init_from")
     if args.hellaswag_limit is not None and args.hellaswag_limit < 1:
         raise UserError(f"--hellaswag_limit must be >= 1, got {args.hellaswag_limit}")
     if args.warmup_steps > args.max_steps:
         raise UserError(f"--warmup_steps {args.warmup_steps} is more than --max_steps {args.max_steps}")
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --log_dir and --overwrite deletes it: give one of them")
+    check_writable(args.log_dir, "--log_dir", folder=True)
     if args.stop_at_step is not None and not 0 < args.stop_at_step <= args.max_steps:
         raise UserError(f"--stop_at_step {args.stop_at_step} must be in [1, --max_steps {args.max_steps}]")
     if args.init_from is None and not args.resume:
@@ -158,6 +217,9 @@ def check_args(args):
     if args.hellaswag and args.hellaswag_file is not None and not os.path.isfile(args.hellaswag_file):
         raise UserError(f"--hellaswag_file {args.hellaswag_file} does not exist; give a HellaSwag JSONL file, or "
                         f"leave the flag out to download the val split, or pass --no-hellaswag")
+    if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
+        raise UserError(f"--data_dir {args.data_dir} is a file, not a folder; give the folder of token shards "
+                        f"that fineweb.py wrote")
     if args.preset == "cpu" and args.data_dir != EMBEDDED_OUT_DIR and not os.path.isdir(args.data_dir):
         # the embedded corpus is prepared only in its own folder: a mistyped path is a mistake
         raise UserError(f"--data_dir {args.data_dir} does not exist; the cpu preset prepares its corpus in "
@@ -165,5 +227,8 @@ def check_args(args):
 
 
 def config_from_args(args):
+    from model import GPTConfig  # here, not at the top: --help is printed before torch is imported
+
     return GPTConfig(block_size=args.block_size, vocab_size=args.vocab_size,
-                     n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+                     n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                     **{k: getattr(args, k) for k in ARCHITECTURE})

@@ -38,6 +38,13 @@ import sys
 import time
 import uuid
 
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    # --help at once, not after the seconds that importing torch takes on a busy machine
+    from common import exit_on_user_error
+    from train_args import parse_args
+
+    exit_on_user_error("train_gpt2.py", parse_args, None, __doc__)
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -45,6 +52,7 @@ from torch.distributed.tensor import DTensor
 
 import checkpoint
 import hellaswag
+import runlog
 from common import UserError, exit_on_user_error
 from device import auto_batch_size, autocast_and_scaler, configure_tf32, sync
 from fineweb import EMBEDDED_OUT_DIR, prepare_embedded
@@ -53,7 +61,7 @@ from parallel import (all_reduce_mean, all_reduce_min, apply_fsdp, broadcast_fro
                       run_peak_flops, setup_distributed, wrap_model)
 from runlog import Logger
 from sample import sample_text
-from shards import ShardError, find_shards, load_shard, read_shard_header
+from shards import ShardError, find_shards, first_three, load_shard, read_shard_header
 from train_args import PRESETS, check_args, config_from_args, get_parser, parse_args
 
 # -----------------------------------------------------------------------------
@@ -66,23 +74,29 @@ class DataLoaderLite:
     m * num_processes + r. Which tokens a step sees depends on step_tokens alone, not on how the
     ranks and micro-steps split it, so a run resumes exactly on another number of GPUs."""
 
-    def __init__(self, B, T, process_rank, num_processes, split, data_dir, step_tokens=None, vocab_size=None):
+    def __init__(self, B, T, process_rank, num_processes, split, data_dir, step_tokens=None, vocab_size=None,
+                 verbose=True):
         self.B, self.T = B, T
         self.process_rank, self.num_processes = process_rank, num_processes
         self.step_tokens = step_tokens or B * T * num_processes  # validation: one micro-step a step
         assert self.step_tokens % (B * T * num_processes) == 0, "check_args guarantees a whole number of micro-steps"
         self.vocab_size = vocab_size
         # the data set is checked whole (one finished fineweb.py run, token ids < vocab_size)
-        self.shards = find_shards(data_dir, split, vocab_size)
-        # check every shard's size up front: a bad file should fail at start-up, not hours in
-        for path in self.shards:
-            ntok = read_shard_header(path)
-            if ntok < self.step_tokens + 1:
-                raise ShardError(
-                    f"shard {path} has {ntok} tokens, fewer than the {self.step_tokens} + 1 that one step reads; "
-                    f"regenerate it with fineweb.py with a larger --shard_size (or --val_tokens), or lower "
-                    f"--total_batch_size (or --batch_size and --val_steps for validation)"
-                )
+        shards = find_shards(data_dir, split, vocab_size)
+        # every shard's size checked up front (a bad file fails at start-up, not hours in). A shard
+        # shorter than one step (fineweb.py's last one, with a small --shard_size) is skipped
+        sizes = {path: read_shard_header(path) for path in shards}
+        self.shards = [path for path in shards if sizes[path] >= self.step_tokens + 1]
+        short = [f"{os.path.basename(p)} ({sizes[p]} tokens)" for p in shards if p not in self.shards]
+        if not self.shards:
+            raise ShardError(
+                f"--data_dir {data_dir}: no {split} shard holds the {self.step_tokens} + 1 tokens that one step reads "
+                f"(the largest has {max(sizes.values())}); make larger shards with fineweb.py --shard_size (or "
+                f"--val_tokens), or lower --total_batch_size (or --batch_size for validation)"
+            )
+        if short and verbose:
+            print(f"--data_dir {data_dir}: skipping {len(short)} {split} shard(s) shorter than one step of "
+                  f"{self.step_tokens} + 1 tokens: {first_three(short)}")
         self.reset()
 
     def reset(self):
@@ -132,13 +146,21 @@ class DataLoaderLite:
 # learning rate schedule
 
 
-def get_lr(step, max_lr, min_lr, warmup_steps, max_steps):
-    """Linear warmup over warmup_steps, then cosine decay from max_lr to min_lr at max_steps."""
+def get_lr(step, max_lr, min_lr, warmup_steps, max_steps, schedule="cosine", cooldown_frac=0.4):
+    """Linear warmup over warmup_steps, then cosine decay from max_lr to min_lr at max_steps; or
+    (schedule "wsd", warmup-stable-decay) max_lr held until the last cooldown_frac of max_steps,
+    which decay linearly to min_lr. WSD's lr stays high for longer, and its cooldown is where the
+    loss drops (Hägele et al. 2024: it matches cosine with a cooldown of about 20%)."""
     if step < warmup_steps:
         # (step + 1): the very first step already gets a non-zero learning rate
         return max_lr * (step + 1) / warmup_steps
     if step >= max_steps:
         return min_lr
+    if schedule == "wsd":
+        cooldown_start = max_steps * (1 - cooldown_frac)
+        if step < cooldown_start:
+            return max_lr
+        return max_lr + (step - cooldown_start) / (max_steps - cooldown_start) * (min_lr - max_lr)
     decay_ratio = (step - warmup_steps) / (max_steps - warmup_steps)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
     return min_lr + coeff * (max_lr - min_lr)
@@ -182,7 +204,7 @@ def optimizer_step(optimizer, scaler, lr, grad_clip):
     if isinstance(norm, DTensor):
         norm = norm.full_tensor()
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_ratio", 1.0)  # Muon's groups run at --muon_lr / --max_lr of it
     scale = scaler.get_scale()
     scaler.step(optimizer)  # optimizer.step(), skipped by float16's scaler when a gradient overflowed
     scaler.update()
@@ -195,25 +217,32 @@ def optimizer_step(optimizer, scaler, lr, grad_clip):
 
 @torch.no_grad()
 def validation_loss(model, val_loader, val_steps, autocast, d):
-    """The mean loss of val_steps batches, the same ones every time, over all ranks. model may be
-    the DDP-wrapped training model: without gradients DDP's forward communicates nothing."""
+    """The mean loss of the val split's first val_steps batches, the same tokens at any number of
+    ranks: val_loader is a one-process loader on every rank, and rank r computes batches r,
+    r + world_size, ... (reading the others is a slice of a memmap). model may be the DDP-wrapped
+    training model (without gradients DDP's forward communicates nothing), or an FSDP-sharded one
+    inside gathered(), where a forward needs no other rank."""
     model.eval()
     val_loader.reset()
     val_loss = torch.zeros((), device=d.device)
-    for _ in range(val_steps):
+    for i in range(val_steps):
         x, y = val_loader.next_batch()
-        with autocast:
-            val_loss += model(x.to(d.device), y.to(d.device))[1] / val_steps
-    return all_reduce_mean(val_loss, d).item()
+        if i % d.world_size == d.rank:
+            with autocast:
+                val_loss += model(x.to(d.device), y.to(d.device))[1] / val_steps
+    if d.ddp:
+        dist.all_reduce(val_loss)  # the sum of the ranks' shares
+    return val_loss.item()
 
 
 def evaluate(step, args, model, train_model, infer_model, val_loader, hella_examples, autocast, d):
-    """The event of an evaluation at step: validation loss, HellaSwag (each rank scores its share)
-    and rank 0's samples. HellaSwag and sampling run through infer_model on hidden states, with
-    lm_head applied to the endings' positions only."""
-    event = {"step": step, "val_loss": validation_loss(train_model, val_loader, args.val_steps, autocast, d)}
+    """The event of an evaluation at step: validation loss and HellaSwag (each rank computes its
+    share) and rank 0's samples, all on the gathered model (under FSDP the ranks' forwards here
+    are uneven). HellaSwag and sampling run through infer_model on hidden states, with lm_head
+    applied to the endings' positions only."""
     block_size = model.config.block_size  # a small model's context can be shorter than a row: it is cropped
-    with gathered(model) if hella_examples is not None or args.num_samples else contextlib.nullcontext():
+    with gathered(model):
+        event = {"step": step, "val_loss": validation_loss(train_model, val_loader, args.val_steps, autocast, d)}
         if hella_examples is not None:
             counts = hellaswag.evaluate(lambda idx: infer_model(idx, return_hidden=True)[0], hella_examples, d.device,
                                         rank=d.rank, world_size=d.world_size, autocast=autocast, head=model.lm_head,
@@ -283,9 +312,10 @@ def make_loaders(args, d, vocab_size):
         if d.ddp:
             dist.barrier()
     train_loader = DataLoaderLite(args.batch_size, args.seq_len, d.rank, d.world_size, "train", args.data_dir,
-                                  step_tokens=args.total_batch_size, vocab_size=vocab_size)
-    val_loader = DataLoaderLite(args.batch_size, args.seq_len, d.rank, d.world_size, "val", args.data_dir,
-                                vocab_size=vocab_size)
+                                  step_tokens=args.total_batch_size, vocab_size=vocab_size, verbose=d.master)
+    # validation reads the same batches at any number of ranks (see validation_loss)
+    val_loader = DataLoaderLite(args.batch_size, args.seq_len, 0, 1, "val", args.data_dir, vocab_size=vocab_size,
+                                verbose=d.master)
     return train_loader, val_loader
 
 
@@ -325,7 +355,8 @@ def train(args, d):
     # ---- FSDP, the optimizer (of the sharded parameters), the state of a resumed run
     if args.fsdp:
         apply_fsdp(model, args.dtype)
-    optimizer = model.configure_optimizers(args.weight_decay, args.max_lr, device_type, verbose=d.master)
+    optimizer = model.configure_optimizers(args.weight_decay, args.max_lr, device_type, verbose=d.master,
+                                           optimizer=args.optimizer, muon_lr=args.muon_lr)
     start_step, val_loss, run_id = 0, None, uuid.uuid4().hex
     if ckpt is not None:
         start_step, val_loss, run_id = checkpoint.restore(ckpt, resume_path, model, optimizer, scaler, train_loader)
@@ -343,7 +374,7 @@ def train(args, d):
         f"* world_size {d.world_size} * grad_accum_steps {grad_accum_steps}")
     min_lr = args.max_lr * args.min_lr_ratio
     end_step = args.stop_at_step or args.max_steps
-    losses = []
+    losses, last_eval, t_start, t_first = [], None, time.perf_counter(), None
 
     # ---- the loop. `step` counts the optimizer steps done so far: evaluation and checkpoints at
     # step s see the weights after s updates
@@ -352,7 +383,7 @@ def train(args, d):
         # (a resumed run's first step was evaluated before its checkpoint was written)
         if (step % args.eval_every == 0 or step == args.max_steps) and not (args.resume and step == start_step):
             event = evaluate(step, args, model, train_model, infer_model, val_loader, hella_examples, autocast, d)
-            val_loss = event["val_loss"]
+            val_loss, last_eval = event["val_loss"], event
             if d.master:
                 logger.log_evaluation(event, args)
         if step > start_step and (step % args.save_every == 0 or last_step):
@@ -360,11 +391,13 @@ def train(args, d):
                      "val_loss": val_loss}
             say(f"saved {checkpoint.save(args, step, model, optimizer, state, d)}")
         if last_step:
+            say(runlog.summary(start_step, end_step, args.total_batch_size, time.perf_counter() - t_start, last_eval,
+                               val_loss, checkpoint.latest_checkpoint(args.log_dir) if d.master else None))
             break
 
         # ---- one optimizer step
         t0 = time.perf_counter()
-        lr = get_lr(step, args.max_lr, min_lr, args.warmup_steps, args.max_steps)
+        lr = get_lr(step, args.max_lr, min_lr, args.warmup_steps, args.max_steps, args.lr_schedule, args.cooldown_frac)
         loss = forward_backward(train_model, train_loader, grad_accum_steps, autocast, scaler, d)
         train_loss = loss.item()  # waits for this step's work on the device
         if not math.isfinite(train_loss):
@@ -375,6 +408,9 @@ def train(args, d):
         norm, skipped = optimizer_step(optimizer, scaler, lr, args.grad_clip)
         sync(d.device)
         dt = time.perf_counter() - t0
+        # time per step for the ETA: the mean since the first step (which compiles), evaluations included
+        t_first = t_first or time.perf_counter()
+        per_step = (time.perf_counter() - t_first) / (step - start_step) if step > start_step else dt
         losses.append(train_loss)
         if d.master:
             tok_s = args.total_batch_size / dt
@@ -385,8 +421,28 @@ def train(args, d):
             if step % args.log_every == 0 or step == end_step - 1 or skipped:
                 print(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {norm.item():.4f} | "
                       f"dt {dt * 1000:.1f}ms | tok/sec {tok_s:,.0f}" + (f" | MFU {mfu * 100:.1f}%" if mfu else "")
+                      + f" | {runlog.progress(step, end_step, args.total_batch_size, per_step)}"
                       + (f" | float16 overflow: step skipped, loss scale now {scaler.get_scale():g}" if skipped else ""))
     return {"losses": losses, "val_loss": val_loss, "model": model}
+
+
+@contextlib.contextmanager
+def lock_log_dir(log_dir, d):
+    """log_dir held by this run until it ends (rank 0 takes the lock; every rank meets its refusal)."""
+    lock = error = None
+    if d.master:
+        try:
+            lock = runlog.LogDirLock(log_dir)
+        except UserError as e:
+            error = e
+    error = broadcast_from_master(error, d)
+    if error:
+        raise error
+    try:
+        yield
+    finally:
+        if lock:
+            lock.release()
 
 
 def run(argv=None):
@@ -402,7 +458,8 @@ def run(argv=None):
         raise UserError("--fsdp runs under torchrun: torchrun --standalone --nproc_per_node=N train_gpt2.py --fsdp (N may be 1)")
     d = setup_distributed(args.device)
     try:
-        return train(args, d)
+        with lock_log_dir(args.log_dir, d):
+            return train(args, d)
     except UserError:
         raise  # every rank meets it; rank 0 says it
     except BaseException:

@@ -216,6 +216,29 @@ def test_one_row_by_hand():
     assert row["largest_batch_size"] == {24: 16, 40: 32, 80: 64}
 
 
+def test_one_fsdp_row_with_activation_checkpointing_by_hand():
+    """GPT-2 124M, FSDP on 8 GPUs, bf16, micro-batch 64, activation checkpointing: the formula
+    written out by hand, with the two gathered blocks and the recomputed block."""
+    h, V, L, b, s, W = 768, 50304, 12, 64, 1024, 8
+    P = 12 * h * h + 13 * h  # one block
+    N = L * P + V * h + 1024 * h + 2 * h
+    root = V * h + 1024 * h + 2 * h  # wte (= lm_head), wpe, ln_f: gathered for the whole step
+    want = {
+        "params": 4 * N / W + 2 * (root + 2 * P),  # the fp32 shard; bf16 root and two blocks, gathered
+        "grads": 4 * N / W + P * (2 + 4),  # the fp32 shard; one block's bf16 gradient and its fp32 copy
+        "optimizer": 8 * N / W,
+        "activations": (L * b * s * h * 4  # each block's fp32 input
+                        + b * s * h * (4 + 2)  # ln_f's and lm_head's inputs
+                        + 12 * b * s * V  # the loss
+                        + b * s * h * (14 * 2 + 2 * 4)),  # the block that backward recomputes
+    }
+    want["total"] = sum(want.values())
+    assert bench_train.memory_estimate(GPT2_124M, b, s, "bfloat16", "fsdp", W, activation_checkpointing=True) == want
+    row = next(r for r in bench_train.memory_table() if (r["preset"], r["parallel"], r["activation_checkpointing"])
+               == ("gpt2-124m", "fsdp", True))
+    assert {k: row[k] for k in want} == want and row["batch_size"] == b and row["grad_accum_steps"] == 1
+
+
 def test_fsdp_divides_params_grads_and_optimizer_by_the_world_size():
     N, P = bench_train.param_counts(GPT2_124M)
     est = {W: bench_train.memory_estimate(GPT2_124M, 8, 1024, "bfloat16", "fsdp", W) for W in (2, 4, 8)}

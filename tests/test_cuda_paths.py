@@ -1,6 +1,6 @@
 """The decisions taken only on GPUs, called with a GPU's values on CPU: the peak FLOPs of a device
 name, the TF32 setup, which device a process gets (model.resolve_device, for every script), the
-micro-batch that fits."""
+micro-batch that fits (down to one sequence), and the peak a multi-GPU run's MFU is measured against."""
 
 import pytest
 import torch
@@ -133,3 +133,28 @@ def test_batch_size_auto_is_refused_on_cpu(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train_gpt2.main(["--preset", "cpu", "--batch_size", "auto", "--log_dir", str(tmp_path)])
     assert e.value.code == 2 and "--batch_size auto works on CUDA GPUs only" in capsys.readouterr().err
+
+
+def test_find_batch_size_tries_one_sequence():
+    tried = []
+
+    def try_batch(b):  # a stand-in GPU that holds one sequence
+        tried.append(b)
+        if b > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    assert device.find_batch_size(try_batch, 8) == 1
+    assert tried == [8, 4, 2, 1]
+
+
+@pytest.mark.parametrize("world_size", [1, 8])
+def test_mfu_peak_of_a_gpu_run_is_the_peak_of_all_its_gpus(monkeypatch, world_size):
+    """Tokens per second are the whole run's, so the peak they are measured against is every GPU's:
+    the datasheet peak times the world size (no collective: every rank reads its own GPU's name)."""
+    import parallel
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    d = parallel.Dist(ddp=world_size > 1, rank=0, world_size=world_size, device="cuda:0")
+    assert parallel.run_peak_flops(d, "bfloat16") == pytest.approx(world_size * 989.5e12)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Imaginary X1")
+    assert parallel.run_peak_flops(d, "bfloat16") is None

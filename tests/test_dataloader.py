@@ -159,12 +159,18 @@ def test_truncated_shard(tmp_path):
     check_error(e, path, "100 bytes", "1024-byte header")
 
 
-def test_too_small_shard(tmp_path):
+def test_too_small_shard(tmp_path, capsys):
+    """A shard shorter than one step (fineweb.py's last one, with a small --shard_size) is skipped
+    with one printed line; the split is refused only when no shard holds a step."""
     d = make_dir(tmp_path, lengths=[100, 16])
+    loader = DataLoaderLite(B, T, 0, 2, "train", d)  # a step needs 2*4*2 + 1 = 17 tokens
+    assert [os.path.basename(p) for p in loader.shards] == ["t_train_000001.bin"]
+    assert "skipping 1 train shard(s) shorter than one step of 16 + 1 tokens: t_train_000002.bin (16 tokens)" \
+        in capsys.readouterr().out
+    assert len(DataLoaderLite(B, T, 0, 1, "train", d).shards) == 2  # one process needs 9: both
     with pytest.raises(ShardError) as e:
-        DataLoaderLite(B, T, 0, 2, "train", d)  # a step needs 2*4*2 + 1 = 17 tokens
-    check_error(e, os.path.join(d, "t_train_000002.bin"), "has 16 tokens", "16 + 1 that one step reads")
-    DataLoaderLite(B, T, 0, 1, "train", d)  # one process needs 9: fine
+        DataLoaderLite(B, T, 0, 2, "train", make_dir(tmp_path / "short", lengths=[16, 12]))
+    check_error(e, "no train shard holds the 16 + 1 tokens that one step reads (the largest has 16)")
 
 
 def test_missing_directory_and_no_shards(tmp_path):
@@ -199,8 +205,8 @@ def test_restoring_a_position_that_does_not_fit_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("W, accum", [(1, 4), (2, 2), (4, 1)])
 def test_a_step_reads_the_same_tokens_on_any_number_of_ranks(tmp_path, W, accum):
     """With step_tokens fixed, W ranks of accum micro-steps read together the rows one process
-    reads in W * accum micro-steps, step after step, across shard ends: so a run resumes exactly
-    on another number of GPUs."""
+    reads in W * accum micro-steps, in the same order, step after step, across shard ends: so a
+    run resumes exactly on another number of GPUs."""
     d = make_dir(tmp_path)
     step_tokens = 4 * B * T
     one = DataLoaderLite(B, T, 0, 1, "train", d, step_tokens=step_tokens)
@@ -208,7 +214,8 @@ def test_a_step_reads_the_same_tokens_on_any_number_of_ranks(tmp_path, W, accum)
     for _ in range(12):  # several shard ends and a wrap-around
         expected = torch.cat([one.next_batch()[0] for _ in range(4)])
         got = torch.cat([torch.cat([ld.next_batch()[0] for ld in loaders]) for _ in range(accum)])
-        assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, expected.tolist()))
+        # micro-step m of rank r reads chunk m * W + r: in this order, the one process's rows
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert all(ld.state_dict() == one.state_dict() for ld in loaders)
 
 
@@ -217,3 +224,55 @@ def test_token_ids_beyond_the_vocabulary_name_the_shard(tmp_path):
     with pytest.raises(ShardError, match="t_train_000003.bin"):
         DataLoaderLite(B, T, 0, 1, "train", d, vocab_size=30049)  # shard 3 holds ids up to 30049
     DataLoaderLite(B, T, 0, 1, "train", d, vocab_size=30050)
+
+
+def test_micro_step_m_of_rank_r_reads_chunk_m_times_ranks_plus_r(tmp_path):
+    """The layout itself, token by token and unsorted: micro-step m of rank r reads chunk
+    m * W + r of its step (micro-step-major, so that a step's tokens do not depend on W)."""
+    d = make_dir(tmp_path, lengths=[400])
+    W, accum = 2, 3
+    step_tokens = accum * W * B * T  # 48: steps at 0, 48, ..., 336 (336 + 49 <= 400)
+    loaders = [DataLoaderLite(B, T, r, W, "train", d, step_tokens=step_tokens) for r in range(W)]
+    for step in range(8):
+        for m in range(accum):
+            for r, loader in enumerate(loaders):
+                x, y = loader.next_batch()
+                start = 10000 + step * step_tokens + (m * W + r) * B * T
+                assert x.flatten().tolist() == list(range(start, start + B * T)), (step, m, r)
+                assert y.flatten().tolist() == list(range(start + 1, start + B * T + 1)), (step, m, r)
+
+
+def test_a_shard_of_k_steps_and_one_token_holds_k_steps(tmp_path):
+    """A step reads step_tokens + 1 tokens: a shard of exactly 3 * 16 + 1 holds the steps at 0, 16
+    and 32, the last of which ends on its last token; resuming at 32 is allowed, at 33 not."""
+    d = make_dir(tmp_path, lengths=[3 * 16 + 1, 2 * 16 + 1])
+    W = 2  # a step is 2 chunks of 8 tokens
+    loaders = [DataLoaderLite(B, T, r, W, "train", d) for r in range(W)]
+    where = []
+    for _ in range(7):
+        x, _ = loaders[0].next_batch()
+        last = int(loaders[1].next_batch()[1][-1, -1])
+        where.append(divmod(int(x[0, 0]), 10000) + (last % 10000,))
+    assert where == [(1, 0, 16), (1, 16, 32), (1, 32, 48), (2, 0, 16), (2, 16, 32), (1, 0, 16), (1, 16, 32)]
+    loader = DataLoaderLite(B, T, 1, W, "train", d)
+    loader.load_state_dict({"shard": 0, "position": 32})
+    assert int(loader.next_batch()[1][-1, -1]) == 10000 + 48  # the shard's last token
+    with pytest.raises(ShardError, match="position 33"):
+        loader.load_state_dict({"shard": 0, "position": 33})
+
+
+def test_reset_and_wrap_around_keep_the_open_shard(tmp_path, monkeypatch):
+    """The validation loader's reset at every evaluation, and a wrap-around to the same single
+    shard, neither reopen nor rescan it (the token ids of a 100M-token shard are read at opening)."""
+    import train_gpt2
+
+    opened = []
+    real_load_shard = train_gpt2.load_shard
+    monkeypatch.setattr(train_gpt2, "load_shard", lambda path, **k: opened.append(path) or real_load_shard(path, **k))
+    d = make_dir(tmp_path)
+    loader = DataLoaderLite(B, T, 0, 1, "val", d, vocab_size=70000)
+    for _ in range(3):
+        for _ in range(6):  # 40 tokens hold 4 steps of 8 + 1: a wrap-around
+            loader.next_batch()
+        loader.reset()
+    assert opened == [os.path.join(d, "t_val_000000.bin")]

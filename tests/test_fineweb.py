@@ -215,7 +215,7 @@ def test_local_input_errors(tmp_path):
         list(fineweb.local_documents([not_parquet]))
     latin1 = os.path.join(d, "latin1.txt")
     open(latin1, "wb").write("café".encode("latin-1"))
-    with pytest.raises(InputError, match=r"latin1.txt: cannot read them as UTF-8 text \(UnicodeDecodeError"):
+    with pytest.raises(InputError, match=r"latin1.txt: cannot read it as UTF-8 text \(UnicodeDecodeError"):
         list(fineweb.local_documents([latin1]))
 
 
@@ -638,3 +638,81 @@ def test_benchmark_checks_tokens_and_reports_both():
     assert r["tokens"] == len(reference(docs)) - len(docs)  # the documents' tokens, without the EOTs
     assert r["pipeline_tok_s"] > 0 and r["tiktoken_tok_s"] > 0
     assert r["ratio"] == pytest.approx(r["pipeline_tok_s"] / r["tiktoken_tok_s"])
+
+
+def write_gz(path, data):
+    import gzip
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with gzip.open(path, "wb") as f:
+        f.write(data)
+
+
+def test_folder_of_text_and_gzip_files(tmp_path, capsys):
+    """A folder: its text files all levels down (.txt/.rst/.md and their .gz), one document each, in
+    sorted path order, bytes as written (CRLF kept); other files skipped and counted aloud."""
+    import gzip
+
+    d = tmp_path / "docs"
+    (d / "sub" / "deeper").mkdir(parents=True)
+    files = {  # path -> document; os.walk yields b.txt (root's files) before sub/, sorting puts a/ first
+        "b.txt": EDGE_DOCS[3],
+        "a/x.rst.gz": EDGE_DOCS[5],
+        "a/empty.md": "",
+        "sub/deeper/c.RST": "Title\r\n=====\r\n\r\nCRLF stays.\r\n",
+        "sub/y.txt.gz": EDGE_DOCS[2],
+    }
+    for name, text in files.items():
+        if name.endswith(".gz"):
+            write_gz(str(d / name), text.encode("utf-8"))
+        else:
+            os.makedirs(os.path.dirname(d / name), exist_ok=True)
+            (d / name).write_bytes(text.encode("utf-8"))
+    (d / "img.png").write_bytes(b"\x89PNG")
+    write_gz(str(d / "sub" / "changelog.Debian.gz"), b"not a text type")
+    write_gz(str(d / "sub" / "abi.yaml.gz"), b"a: 1")
+    (d / "records.jsonl").write_text('{"text": "records are named or globbed, not taken from a folder"}\n')
+    os.symlink(str(d / "sub"), str(d / "link"))
+
+    got = fineweb.expand_inputs([str(d)])
+    order = sorted(files)
+    assert got == [str(d / name) for name in order]
+    out = capsys.readouterr().out
+    assert f"--input {d}: 5 text files; skipped 5 others (" in out
+    for part in ("1 .png", "1 .debian.gz", "1 .yaml.gz", "1 .jsonl", "1 links to folders"):
+        assert part in out, part
+    docs = list(fineweb.local_documents(got))
+    assert docs == [files[name] for name in order]
+    m = write_shards(docs, str(tmp_path / "out"), "l", shard_size=100, val_tokens=50, progress=False)
+    assert all_tokens(str(tmp_path / "out"), m) == reference(docs)
+
+    # the same types named one by one, a record file compressed too, and the command line end to end
+    write_gz(str(tmp_path / "r.jsonl.gz"), "".join(json.dumps({"text": t}) + "\n" for t in EDGE_DOCS).encode())
+    assert list(fineweb.local_documents(fineweb.expand_inputs([str(tmp_path / "r.jsonl.gz"), str(d / "a" / "x.rst.gz")]))) == EDGE_DOCS + [EDGE_DOCS[5]]
+    m = fineweb.main(["--input", str(d), "--out_dir", str(tmp_path / "cli"), "--shard_size", "100", "--val_tokens", "50"])
+    assert m["documents"] == 5 and m["source"]["files"] == got
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda good: good[: len(good) // 2], "EOFError"),                      # cut off
+    (lambda good: b"just text, not gzip", "BadGzipFile"),                    # not gzip at all
+    (lambda good: good[:10] + bytes(len(good) - 10), "while decompressing data"),  # corrupt deflate data (zlib.error)
+    (lambda good: gzip_bytes("café".encode("latin-1")), "cannot read it as UTF-8 text (UnicodeDecodeError"),
+], ids=["truncated", "not-gzip", "corrupt", "not-utf8"])
+def test_unreadable_gzip_is_one_line_naming_the_file(tmp_path, capsys, damage, message):
+    d = tmp_path / "docs"
+    write_gz(str(d / "a.rst.gz"), b"fine")
+    (d / "bad.rst.gz").write_bytes(damage(gzip_bytes(("A kernel document.\n" * 50).encode())))
+    out = str(tmp_path / "out")
+    with pytest.raises(SystemExit) as e:
+        fineweb.main(["--input", str(d), "--out_dir", out])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith(f"fineweb.py: error: --input {d / 'bad.rst.gz'}: cannot read it as ") and message in err, err
+    assert not os.path.exists(out)
+
+
+def gzip_bytes(data):
+    import gzip
+
+    return gzip.compress(data, mtime=0)

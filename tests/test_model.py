@@ -81,8 +81,9 @@ def test_from_pretrained_matches_hf(tmp_path, shape, no_network):
     hf, d = hf_dir(tmp_path, shape)
     ours = GPT.from_pretrained(d).eval()
     n_layer, n_head, n_embd, block_size, vocab_size = shape
-    assert asdict(ours.config) == dict(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer,
-                                       n_head=n_head, n_embd=n_embd)
+    # and GPT-2's architecture in every other field (no rotary, tied, ...)
+    assert ours.config == GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer,
+                                    n_head=n_head, n_embd=n_embd)
     idx = torch.randint(0, vocab_size, (3, block_size), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = hf(idx, labels=idx)  # Hugging Face shifts the labels by one inside
@@ -555,3 +556,21 @@ def test_activation_checkpointing_changes_nothing_but_memory():
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=1e-6)
     for n, g in grads[0][1].items():
         torch.testing.assert_close(grads[1][1][n], g, rtol=0, atol=1e-6, msg=n)
+
+
+def test_activation_checkpointing_recomputes_in_training_only():
+    """Counted by a pre-hook on every block (a recomputation stops once backward has what it needs,
+    before the block's end): with activation checkpointing a training forward and backward runs
+    each block twice; in eval mode, even with gradients, once, as without it."""
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=32, vocab_size=300, n_layer=3, n_head=2, n_embd=32))
+    m.activation_checkpointing = True
+    calls = []
+    for i, block in enumerate(m.transformer.h):
+        block.register_forward_pre_hook(lambda mod, inp, i=i: calls.append(i))
+    idx = torch.randint(0, 300, (2, 16))
+    for training, forwards in ((True, 2), (False, 1)):
+        calls.clear()
+        m.train(training)
+        m(idx, idx)[1].backward()
+        assert sorted(calls) == sorted([0, 1, 2] * forwards), f"training={training}"

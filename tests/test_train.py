@@ -244,10 +244,10 @@ def test_ddp_matches_single_process(data_dir, tmp_path):
     # 2 ranks with batch 2 each against 1 process with 2 micro-steps of batch 2: the same tokens
     # (the ranks' interleaved chunks are the single process's consecutive ones), the same updates
     flags = ["--data_dir", data_dir, *TINY, "--batch_size", "2", "--total_batch_size", "64", "--max_steps", "6", "--eval_every", "3"]
-    # each rank averages val_steps batches of its own, so 2 ranks x 3 batches = 1 process x 6
+    # val_steps batches in all, split across the ranks: the same val loss as one process
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "train_gpt2.py"), *flags, "--val_steps", "3", "--log_dir", str(tmp_path / "ddp")]
+           os.path.join(ROOT, "train_gpt2.py"), *flags, "--val_steps", "6", "--log_dir", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = run(data_dir, tmp_path / "single", *flags[2:], "--val_steps", "6")
