@@ -128,7 +128,9 @@ def get_parser(description=None):
     a("--stop_at_step", type=int, default=None, help="end the run after this many steps, with a checkpoint, leaving the LR schedule of --max_steps unchanged (continue with --resume)")
     # evaluation, sampling, checkpoints
     a("--eval_every", type=int, default=250, help="validation loss, HellaSwag and samples every this many steps, and at the end")
-    a("--val_steps", type=int, default=20, help="batches of validation loss per evaluation")
+    a("--val_steps", type=int, default=160,
+      help="batches of validation loss per evaluation, in all, split over the ranks (the same tokens at any number "
+           "of GPUs): 160 x 64 x 1024 is build-nanogpt's 10.5M tokens, its 20 batches on each of 8 GPUs")
     a("--hellaswag", action=argparse.BooleanOptionalAction, default=True,
       help="HellaSwag acc_norm at each evaluation (skipped with a note when the default download has no network)")
     a("--hellaswag_file", default=None, help="a local hellaswag_val.jsonl (default: download into hellaswag.py's cache)")
