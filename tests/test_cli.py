@@ -7,7 +7,7 @@ import pytest
 
 from common import HelpFormatter
 
-SCRIPTS = ["train_args", "fineweb", "hellaswag", "sample", "bench_train"]
+SCRIPTS = ["train_args", "fineweb", "hellaswag", "sample", "bench_train", "compare_recipes"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
