@@ -107,7 +107,8 @@ class Logger:
             msg += f" | HellaSwag acc_norm {correct_norm}/{n} = {event['hellaswag_acc_norm']:.4f}"
         print(msg)
         for text in event.get("samples", []):
-            print(f"sample: {text!r}")
+            # as text, as a person reads it; a sample's own line breaks stay, indented under it
+            print("sample: " + text.replace("\n", "\n        "))
         self.log(**event)
         baselines = "fineweb" in os.path.abspath(args.data_dir).lower()  # OpenAI's 124M figures for comparison
         plot_log(self.path, os.path.join(args.log_dir, "loss.png"), baselines)
@@ -144,14 +145,18 @@ def plot_log(log_path, png_path, baselines):
     train = [(e["step"], e["train_loss"]) for e in events if "train_loss" in e]
     val = [(e["step"], e["val_loss"]) for e in events if "val_loss" in e]
     hella = [(e["step"], e["hellaswag_acc_norm"]) for e in events if "hellaswag_acc_norm" in e]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5))
+    # the HellaSwag panel only when there is something to draw in it (not with --no-hellaswag)
+    two = bool(hella or baselines)
+    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(14 if two else 7, 5), squeeze=False)
+    ax1, ax2 = axes[0, 0], axes[0, -1]
     if train:
         ax1.plot(*zip(*train), label="train loss", lw=0.8)
     if val:
         ax1.plot(*zip(*val), label="val loss", marker="o", ms=3)
     if hella:
         ax2.plot(*zip(*hella), label="ours", marker="o", ms=3)
-    for ax, title, ylabel, openai in ((ax1, "loss", "loss", 3.2924), (ax2, "HellaSwag", "acc_norm", 0.2955)):
+    panels = [(ax1, "loss", "loss", 3.2924)] + ([(ax2, "HellaSwag", "acc_norm", 0.2955)] if two else [])
+    for ax, title, ylabel, openai in panels:
         if baselines:  # OpenAI's GPT-2 124M: its FineWeb val loss and HellaSwag acc_norm
             ax.axhline(openai, color="r", ls="--", label="OpenAI GPT-2 (124M)" + (" val loss" if ax is ax1 else ""))
         ax.set(xlabel="step", ylabel=ylabel, title=title)
