@@ -52,9 +52,9 @@ def exit_on_user_error(prog, fn, *args, **kwargs):
 
 def write_atomic(path, data):
     """data at path (its folder made if need be): bytes, or a function that writes into the open
-    binary file (torch.save, savefig). Written under path.tmp, flushed to disk and renamed: a crash or Ctrl-C mid-write
-    leaves the previous file intact and never a half-written one under the real name, and a failed
-    write removes its .tmp. An OS error (disk full, read-only or missing folder, a file where a
+    binary file (torch.save, savefig). Written under path.tmp, flushed to disk and renamed: a crash
+    or Ctrl-C mid-write leaves the previous file intact and never a half-written one under the real
+    name, and a failed write removes its .tmp. An OS error (disk full, read-only or missing folder, a file where a
     folder should be) is the user's situation: a UserError naming path."""
     make_dirs(os.path.dirname(os.path.abspath(path)))
     tmp = path + ".tmp"
