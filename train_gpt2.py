@@ -59,7 +59,6 @@ from fineweb import EMBEDDED_OUT_DIR, prepare_embedded
 from model import GPT, GPTConfig
 from parallel import (all_reduce_mean, all_reduce_min, apply_fsdp, broadcast_from_master, gathered, gradient_sync,
                       run_peak_flops, setup_distributed, wrap_model)
-from runlog import Logger
 from sample import sample_text
 from shards import ShardError, find_shards, first_three, load_shard, read_shard_header
 from train_args import PRESETS, check_args, config_from_args, get_parser, parse_args
@@ -364,7 +363,7 @@ def train(args, d):
             f"; --{k} {old} -> {new}" for k, (old, new) in changed.items()))
         del ckpt  # the weights and optimizer state live on in the model: free the host copy
     checkpoint.start_log_dir(args, d.master)
-    logger = Logger(args.log_dir, resume_step=start_step if args.resume else None) if d.master else None
+    logger = runlog.Logger(args.log_dir, resume_step=start_step if args.resume else None) if d.master else None
 
     # ---- torch.compile and DDP. model is the GPT itself, which checkpoints store
     train_model, infer_model = wrap_model(model, d, args.compile, args.fsdp)
