@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from common import UserError, make_dirs, one_line, write_atomic
 from model import GPT, HF_GPT2_NAMES, GPTConfig, is_hub_name
 from parallel import broadcast_from_master
+from shards import data_fingerprint
 
 # the flags that define a run: --resume refuses to change them. Others (max_steps, cadences,
 # batch_size, device, ...) may change between a checkpoint and its resumption, and are logged
@@ -114,11 +115,10 @@ def load_checkpoint(path, mmap=False):
 
 
 def check_resume(args, ckpt, path):
-    """Refuse to continue a checkpoint under flags that define a different run; describe the
-    flags that may change and did."""
+    """Refuse to continue a checkpoint under flags that define a different run, or on other data;
+    describe the flags that may change and did."""
     saved = ckpt["args"]
-    same = lambda k, a, b: os.path.abspath(a) == os.path.abspath(b) if k == "data_dir" else a == b  # noqa: E731
-    differ = [k for k in RUN_FLAGS if k in saved and not same(k, getattr(args, k), saved[k])]
+    differ = [k for k in RUN_FLAGS if k in saved and k != "data_dir" and getattr(args, k) != saved[k]]
     if differ:
         raise UserError(
             f"--resume {path}: the checkpoint's run was made with "
@@ -127,8 +127,24 @@ def check_resume(args, ckpt, path):
             + "; these define the run and cannot change mid-run: give the checkpoint's values "
             f"(its preset was {saved.get('preset')}), or start a new run in another --log_dir"
         )
+    if not same_data(args.data_dir, ckpt):
+        raise UserError(
+            f"--resume {path}: --data_dir {args.data_dir} does not hold the data the run was trained on (its "
+            f"--data_dir {saved['data_dir']}" + (", whose shards' contents differ" if "data_fingerprint" in ckpt else "")
+            + "); resume on that data set (a copy or a move of it is fine), or start a new run in another --log_dir"
+        )
     ignore = ("resume", "overwrite", "log_dir")
     return {k: (saved[k], v) for k, v in vars(args).items() if k in saved and k not in ignore and saved[k] != v}
+
+
+def same_data(data_dir, ckpt):
+    """Whether data_dir holds the data set the checkpoint's run read: by content (shards.data_fingerprint)
+    where the checkpoint recorded it, so that a copy or a move resumes and a regenerated data set
+    does not; by path for older checkpoints, or while data_dir is missing (the cpu preset makes its
+    corpus afresh, and the loader reports any other missing folder)."""
+    if "data_fingerprint" in ckpt and os.path.isdir(data_dir):
+        return data_fingerprint(data_dir) == ckpt["data_fingerprint"]
+    return os.path.abspath(data_dir) == os.path.abspath(ckpt["args"]["data_dir"])
 
 
 def find_resume_checkpoint(args, d):

@@ -5,9 +5,11 @@ No torch here, so that fineweb.py and every --help start fast.
 """
 
 import argparse
+import copy
 import errno
 import os
 import sys
+import textwrap
 
 
 class UserError(Exception):
@@ -18,11 +20,39 @@ class UserError(Exception):
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help with the script's docstring as written and every flag's default after its help; a
-    default of None (one that depends on other flags) is said in words in the help instead."""
+    """--help with the script's docstring as written and every flag's default after its help, once;
+    a default of None (one that depends on other flags) is said in words in the help instead. An
+    on/off flag's default is shown as the flag that gives it (--compile, --no-compile) or off/on,
+    never as Python's True/False. A help text with line breaks keeps them (a list, one item a line)."""
 
     def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
+        # said in words already ("(default: off)"): a second, generated one would contradict or repeat it
+        if action.default is None or "(default" in action.help.replace("(default: %(default)s)", ""):
+            return action.help
+        return super()._get_help_string(action)
+
+    def _expand_help(self, action):
+        if isinstance(action.default, bool) and action.option_strings:
+            action = copy.copy(action)
+            action.default = bool_default(action)
+        return super()._expand_help(action)
+
+    def _split_lines(self, text, width):
+        # never inside a flag or a name (--no-\nrotary, gpt2-\n124m): at spaces only
+        lines = []
+        for line in text.splitlines() if "\n" in text else [" ".join(text.split())]:
+            indent = line[: len(line) - len(line.lstrip())]
+            lines += textwrap.wrap(line, width, subsequent_indent=indent + "  " if indent else "",
+                                   break_on_hyphens=False) or [""]
+        return lines
+
+
+def bool_default(action):
+    """How --help names an on/off flag's default: the flag that gives it, for a --x/--no-x pair, or
+    on/off for a flag that only turns something on (store_true) or off (store_false)."""
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return next(s for s in action.option_strings if s.startswith("--no-") == (not action.default))
+    return "on" if action.default == getattr(action, "const", None) else "off"
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -27,7 +27,8 @@ document per topic, about 139k tokens on Python 3.11); no network, a few seconds
 
     python fineweb.py --embedded                        # -> data/pydoc/
 
-Shards made by another tool in the same format (llm.c, modded-nanogpt), which have no manifest.json:
+Shards made by another tool in the same format (llm.c, modded-nanogpt) train as they are, each
+whole by its header; a manifest.json records their documents and largest ids (checked up front):
 
     python fineweb.py --index llm.c/dev/data/edu_fineweb10B
 
@@ -44,6 +45,8 @@ modded-nanogpt.
 import collections
 import contextlib
 import errno
+import fcntl
+import fnmatch
 import glob
 import gzip
 import itertools
@@ -59,8 +62,8 @@ import zlib
 
 import numpy as np
 
-from common import ArgumentParser, UserError, exit_on_user_error
-from shards import MANIFEST, SHARD_GLOBS, TOKEN_DTYPE, first_three, load_shard, read_manifest, save_manifest, shard_entry, write_manifest, write_shard
+from common import ArgumentParser, UserError, exit_on_user_error, write_atomic
+from shards import MANIFEST, REPLACING, SHARD_GLOBS, TOKEN_DTYPE, first_three, load_shard, read_manifest, save_manifest, shard_entry, write_manifest, write_shard
 from tokenizer import get_tokenizer
 
 
@@ -311,6 +314,7 @@ def tokenize_stream(documents, num_proc=1, chunk_chars=1 << 20):
 
 SHARD_SIZE = 100_000_000
 STAGING_PREFIX = ".fineweb-tmp-"  # a run's folder inside an existing --out_dir; the loader never reads it
+STAGING_LOCK = ".fineweb-lock"  # in a staging folder, locked while its run lives
 
 
 def check_out_dir(out_dir, overwrite=False):
@@ -354,19 +358,67 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, err
 OUR_FILES = [*SHARD_GLOBS, "*_val_*.bin.tmp", "*_train_*.bin.tmp", MANIFEST, MANIFEST + ".tmp", STAGING_PREFIX + "*"]
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _lock_staging(folder):
+    """A lock held for as long as this run writes into its staging folder: the kernel drops it
+    when the process dies, however it dies, which is how the next run tells a killed run's folder
+    from a running one's."""
+    fd = os.open(os.path.join(folder, STAGING_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def staging_leftovers(out_dir):
+    """The staging folders that killed fineweb.py runs into out_dir left behind (a hidden
+    .fineweb-tmp-* inside it, or a sibling <out_dir>.tmp-*), as (path, bytes); the folder of a run
+    still going (its lock held) is left out."""
+    found = []
+    candidates = glob.glob(os.path.join(out_dir, STAGING_PREFIX + "*")) + glob.glob(os.path.abspath(out_dir) + ".tmp-*")
+    for folder in candidates:
+        if not re.search(r"tmp-[a-z0-9_]{8}$", folder) or not os.path.isdir(folder):
+            continue  # not a name mkdtemp made
+        names = os.listdir(folder)
+        if not all(n == STAGING_LOCK or any(fnmatch.fnmatch(n, p) for p in OUR_FILES) for n in names):
+            continue  # files no run of ours writes: not ours to delete
+        if STAGING_LOCK in names:
+            fd = os.open(os.path.join(folder, STAGING_LOCK), os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a running fineweb.py's
+            finally:
+                os.close(fd)
+        found.append((folder, sum(os.path.getsize(os.path.join(folder, n)) for n in names)))
+    return found
+
+
+def remove_staging_leftovers(out_dir):
+    """Remove what killed runs into out_dir left (staging_leftovers), naming each."""
+    for folder, size in staging_leftovers(out_dir):
+        shutil.rmtree(folder)
+        print(f"removed {folder} ({size / 1e6:,.1f} MB), the unfinished shards of a fineweb.py run into "
+              f"{out_dir} that was killed")
+
+
 @contextlib.contextmanager
 def _staged_into(out_dir):
     """A new, empty folder for a run's shards and manifest, which become out_dir's data set once
     the body completes. The folder is on out_dir's file system so that they can be moved into
     place: inside out_dir if it exists (a hidden .fineweb-tmp-* folder, which the loader's
     *_train_*.bin never matches), else a sibling <out_dir>.tmp-* that becomes out_dir by one
-    rename, so a new out_dir appears complete or not at all. In an existing out_dir, the old
-    set's manifest goes first, then its shards (of any prefix; other files stay), then the new
-    shards move in and their manifest last: a crash in between leaves a folder without a
-    manifest, which the loader refuses as unfinished, never a mix that it would read. If the
+    rename, so a new out_dir appears complete or not at all. In an existing out_dir, a marker
+    (REPLACING) is written first, then the old set's manifest and shards go (of any prefix; other
+    files stay), the new shards move in, their manifest last, and the marker goes: a crash in
+    between leaves the marker, which the loader refuses, never a mix that it would read. If the
     body fails, the folder goes, and with it any parent folders made for it: a failed run
-    leaves the file system as it found it."""
-    made = []
+    leaves the file system as it found it. The folder is locked while the run lives, so that
+    the next run into out_dir removes it if the run was killed (remove_staging_leftovers)."""
+    made, lock, swapping = [], None, False
     try:
         if os.path.isdir(out_dir):
             tmp = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir)
@@ -374,14 +426,21 @@ def _staged_into(out_dir):
             parent = os.path.dirname(os.path.abspath(out_dir))
             made = _makedirs(parent)
             tmp = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out_dir)) + ".tmp-", dir=parent)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would become the data set's mode
     except OSError as e:
         _remove_empty(made)
         raise InputError(f"--out_dir {out_dir}: cannot make a folder there ({e}); choose another --out_dir") from e
     try:
+        lock = _lock_staging(tmp)
         yield tmp
         if not os.path.exists(out_dir):
+            os.remove(os.path.join(tmp, STAGING_LOCK))
             os.replace(tmp, out_dir)
             return
+        # a marker for the time the folder holds neither data set whole: the loader refuses it
+        replacing = os.path.join(out_dir, REPLACING)
+        write_atomic(replacing, f"fineweb.py (pid {os.getpid()}) is replacing this data set\n".encode())
+        swapping = True
         old = {p for pattern in OUR_FILES for p in glob.glob(os.path.join(out_dir, pattern))}
         for path in sorted(old, key=lambda p: (os.path.basename(p) != MANIFEST, p)):
             if os.path.abspath(path) == os.path.abspath(tmp):
@@ -390,15 +449,22 @@ def _staged_into(out_dir):
                 shutil.rmtree(path)
             else:
                 os.remove(path)
-        for name in sorted(os.listdir(tmp), key=lambda n: n == MANIFEST):
+        for name in sorted(set(os.listdir(tmp)) - {STAGING_LOCK}, key=lambda n: n == MANIFEST):
             os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+        os.remove(replacing)
+        os.remove(os.path.join(tmp, STAGING_LOCK))
         os.rmdir(tmp)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not swapping:  # once the old set is going, the marker and the new shards stay for a rerun
+            shutil.rmtree(tmp, ignore_errors=True)
         _remove_empty(made)
         if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
-            raise InputError(f"--out_dir {out_dir}: writing the shards failed ({e}); this run's shards were removed") from e
+            raise InputError(f"--out_dir {out_dir}: writing the shards failed ({e}); "
+                             + ("rerun this command" if swapping else "this run's shards were removed")) from e
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 class ShardWriter:
@@ -464,6 +530,7 @@ def write_shards(documents, out_dir, prefix, shard_size=SHARD_SIZE, val_tokens=N
     enc = get_tokenizer()  # built here, before the workers fork, so that they inherit it
     if enc.n_vocab > 2**16:
         raise ValueError(f"the tokenizer has {enc.n_vocab} tokens, more than uint16 shards can hold")
+    remove_staging_leftovers(out_dir)  # before the check: a killed run's folder is no content
     check_out_dir(out_dir, overwrite)
     with _staged_into(out_dir) as tmp:
         writer = ShardWriter(tmp, prefix, shard_size, val_tokens)
@@ -617,7 +684,7 @@ shards for other tools:
       python fineweb.py --dataset HuggingFaceFW/fineweb --out_dir modded-nanogpt/data/fineweb10B
 
   build-nanogpt's names (edu_fineweb10B/, edufineweb_*) are this script's defaults. Shards made by those
-  tools have no manifest.json, which train_gpt2.py requires; make one with --index DIR.
+  tools have no manifest.json: train_gpt2.py reads them as they are, and --index DIR records them.
 """
 
 

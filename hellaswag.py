@@ -27,20 +27,14 @@ serves this script and train_gpt2.py's evaluation (which splits the examples ove
 import contextlib
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import torch
-from torch.nn import functional as F
-
-from checkpoint import check_source, load_error, load_model
 from common import ArgumentParser, UserError, check_writable, exit_on_user_error, write_atomic
-from device import autocast_and_scaler, resolve_device
-from model import HF_GPT2_NAMES, is_hub_name, load_hf_gpt2
-from tokenizer import GPT2_EOT, GPT2_VOCAB_SIZE, get_tokenizer
 
 DATA_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_{split}.jsonl"
 SPLITS = ("train", "val", "test")
@@ -60,6 +54,60 @@ DEFAULT_BLOCK_SIZE = 1024
 # machine without a network fails at once (no DNS), one behind a firewall that drops packets would
 # otherwise wait minutes
 DOWNLOAD_TIMEOUT = 30
+
+
+# --help: what the script does and how it is called; the method is the module's docstring above
+USAGE = """\
+HellaSwag acc and acc_norm (Zellers et al. 2019) of OpenAI's GPT-2, a local Hugging Face GPT-2
+directory or a train_gpt2.py checkpoint, with the scorer train_gpt2.py uses. The val split is
+downloaded on first use. The method: hellaswag.py's docstring and the README.
+
+    python hellaswag.py --model gpt2                          # OpenAI's 124M, all 10,042 val examples
+    python hellaswag.py --model log/model_19073.pt --dtype bfloat16
+    python hellaswag.py --model path/to/hf_dir --file hellaswag_val.jsonl --limit 500   # offline
+"""
+
+
+def get_parser():
+    p = ArgumentParser("hellaswag.py", description=USAGE)
+    a = p.add_argument
+    a("--model", default="gpt2",
+      help="gpt2|gpt2-medium|gpt2-large|gpt2-xl (OpenAI's, from the Hugging Face hub) or a local Hugging Face GPT-2 directory, "
+           "both through transformers, or a train_gpt2.py checkpoint file .pt, through model.py "
+           "(default: %(default)s)")
+    a("--split", choices=["val", "train"], default="val",
+      help="the official split to download and score; the test split has no labels, so it cannot be scored "
+           "(default: %(default)s)")
+    a("--file", default=None,
+      help="a local HellaSwag JSONL file in the official format, scored instead of the download (default: none: "
+           "download --split into $HELLASWAG_CACHE, or hellaswag/ beside this script)")
+    a("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available, in that order)")
+    a("--dtype", choices=["float32", "bfloat16"], default="float32",
+      help="float32, or bfloat16 autocast around the forward; the losses are float32 either way "
+           "(default: %(default)s)")
+    a("--limit", type=int, default=None, help="score only the first N examples (default: all; with --benchmark, 100)")
+    a("--batch_size", type=int, default=None,
+      help=f"examples per forward, 4 rows each (default: {BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on a CPU)")
+    a("--out", default=None, help="also write the results to this JSON file (default: none, print them only)")
+    a("--benchmark", action="store_true",
+      help="instead of scoring, time the batched scorer against one example per forward on the first --limit "
+           "examples (default: %(default)s)")
+    a("--benchmark_rounds", type=int, default=1,
+      help="timed runs of each method in --benchmark; the best is reported (default: %(default)s)")
+    return p
+
+
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    # --help at once, not after the seconds that importing torch takes on a busy machine
+    exit_on_user_error("hellaswag.py", get_parser().parse_args)
+
+import torch
+from torch.nn import functional as F
+
+from checkpoint import check_source, load_error, load_model
+from device import autocast_and_scaler, resolve_device
+from model import is_hub_name, load_hf_gpt2
+from tokenizer import GPT2_EOT, GPT2_VOCAB_SIZE, get_tokenizer
 
 
 # Two kinds of user error, kept apart so that train_gpt2.py can go on without HellaSwag when the
@@ -546,35 +594,6 @@ def benchmark(model, examples, device, batch_size=BATCH_SIZE, autocast=contextli
 
 # -----------------------------------------------------------------------------
 # command line
-
-
-def get_parser():
-    p = ArgumentParser("hellaswag.py", description=__doc__)
-    a = p.add_argument
-    a("--model", default="gpt2",
-      help=f"{'|'.join(HF_GPT2_NAMES)} (OpenAI's, from the Hugging Face hub) or a local Hugging Face GPT-2 directory, "
-           f"both through transformers, or a train_gpt2.py checkpoint file .pt, through model.py "
-           f"(default: %(default)s)")
-    a("--split", choices=["val", "train"], default="val",
-      help="the official split to download and score; the test split has no labels, so it cannot be scored "
-           "(default: %(default)s)")
-    a("--file", default=None,
-      help="a local HellaSwag JSONL file in the official format, scored instead of the download (default: none: "
-           "download --split into $HELLASWAG_CACHE, or hellaswag/ beside this script)")
-    a("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available, in that order)")
-    a("--dtype", choices=["float32", "bfloat16"], default="float32",
-      help="float32, or bfloat16 autocast around the forward; the losses are float32 either way "
-           "(default: %(default)s)")
-    a("--limit", type=int, default=None, help="score only the first N examples (default: all; with --benchmark, 100)")
-    a("--batch_size", type=int, default=None,
-      help=f"examples per forward, 4 rows each (default: {BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on a CPU)")
-    a("--out", default=None, help="also write the results to this JSON file (default: none, print them only)")
-    a("--benchmark", action="store_true",
-      help="instead of scoring, time the batched scorer against one example per forward on the first --limit "
-           "examples (default: off)")
-    a("--benchmark_rounds", type=int, default=1,
-      help="timed runs of each method in --benchmark; the best is reported (default: %(default)s)")
-    return p
 
 
 def check_args(args):

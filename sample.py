@@ -60,8 +60,9 @@ def sample_text(model, prompt, num_samples, max_new_tokens, device, top_k=50, te
 
 def run(argv=None):
     args = get_parser().parse_args(argv)
-    if args.num_samples < 1 or args.max_new_tokens < 0 or args.top_k < 0:
-        raise UserError("--num_samples must be >= 1, --max_new_tokens and --top_k >= 0")
+    for flag, least in (("num_samples", 1), ("max_new_tokens", 0), ("top_k", 0)):
+        if getattr(args, flag) < least:
+            raise UserError(f"--{flag} must be >= {least}, got {getattr(args, flag)}")
     if not args.temperature > 0:
         raise UserError(f"--temperature must be > 0, got {args.temperature}")
     device = resolve_device(args.device or "auto")

@@ -5,6 +5,7 @@ and train_gpt2.py's loader, which reads them. No torch here.
 """
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -100,6 +101,7 @@ def load_shard(path, vocab_size=None):
 # are all there: the manifest, written last, says so.
 
 MANIFEST = "manifest.json"
+REPLACING = ".fineweb-replacing"  # in a data set while fineweb.py --overwrite swaps its shards
 SHARD_GLOBS = ("*_val_*.bin", "*_train_*.bin")
 FORMAT = {"magic": SHARD_MAGIC, "version": SHARD_VERSION, "header": f"{HEADER_INTS} x int32 little-endian",
           "tokens": "uint16 little-endian"}
@@ -155,9 +157,11 @@ def _check_one_prefix(folder, names, flag="--data_dir "):
 
 def check_data_dir(data_dir):
     """The manifest of the data set in data_dir, after checking that the folder holds exactly the
-    shards of one finished fineweb.py run: shards of one prefix, a manifest.json (written last,
-    so a killed run has none), every shard it lists present with its header's token count, and
-    no shard it does not list. Reads the shards' headers only. Raises ShardError otherwise."""
+    shards of one finished fineweb.py run: shards of one prefix, a manifest.json, every shard it
+    lists present with its header's token count, and no shard it does not list. Shards without
+    a manifest (another tool's) are taken whole by their headers: the manifest returned is then
+    made from them, with "indexed": False and no max_token (the loader checks each shard's ids
+    when it opens it). Reads the shards' headers only. Raises ShardError otherwise."""
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise ShardError(f"--data_dir {data_dir} is a file, not a folder; give the folder of token shards that "
                          f"fineweb.py wrote")
@@ -169,14 +173,19 @@ def check_data_dir(data_dir):
     _check_one_prefix(data_dir, names)
     path = os.path.join(data_dir, MANIFEST)
     remake = _remake(data_dir)
+    if os.path.exists(os.path.join(data_dir, REPLACING)):
+        raise ShardError(
+            f"--data_dir {data_dir} is half replaced: a fineweb.py --overwrite into it stopped between removing the "
+            f"old shards and writing the new ones' {MANIFEST}; rerun that fineweb.py command"
+        )
     if not os.path.isfile(path):
         if not names:
             raise NoShardsError(f"--data_dir {data_dir} holds no shards (*_val_*.bin, *_train_*.bin); make them with fineweb.py")
-        raise ShardError(
-            f"--data_dir {data_dir} has shards but no {MANIFEST}: the fineweb.py run that wrote them did not finish "
-            f"(it writes {MANIFEST} last), or another tool made them. Either {remake}, or, for complete shards "
-            f"from llm.c or modded-nanogpt, index them with python fineweb.py --index {data_dir}"
-        )
+        # shards of another tool in the same format (llm.c, modded-nanogpt): a header whose token
+        # count matches the file size proves a shard whole, and fineweb.py never leaves shards
+        # without a manifest (it writes a new data set elsewhere and moves it in complete)
+        shards = [{"name": n, "split": shard_split(n), "tokens": read_shard_header(os.path.join(data_dir, n))} for n in names]
+        return {"source": None, "indexed": False, "tokens": sum(s["tokens"] for s in shards), "shards": shards}
     try:
         manifest = read_manifest(data_dir)
         listed = {s["name"]: int(s["tokens"]) for s in manifest["shards"]}
@@ -212,16 +221,16 @@ def find_shards(data_dir, split, vocab_size=None):
     after checking the whole data set (check_data_dir) and, given vocab_size, its token ids
     (check_vocab). Raises NoShardsError (a ShardError and a FileNotFoundError) for a missing
     folder or split, ShardError for the rest."""
-    shards = sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
-    if not shards and os.path.isdir(data_dir):  # a missing folder is check_data_dir's error
-        raise NoShardsError(
-            f"--data_dir {data_dir} has no {split} shards (*_{split}_*.bin); make them with fineweb.py "
-            f"(python fineweb.py --out_dir {data_dir})"
-        )
     if vocab_size is None:
         check_data_dir(data_dir)
     else:
         check_vocab(data_dir, vocab_size, split)
+    shards = sorted(glob.glob(os.path.join(data_dir, f"*_{split}_*.bin")))
+    if not shards:
+        raise NoShardsError(
+            f"--data_dir {data_dir} has no {split} shards (*_{split}_*.bin); make them with fineweb.py "
+            f"(python fineweb.py --out_dir {data_dir})"
+        )
     return shards
 
 
@@ -229,7 +238,8 @@ def check_vocab(data_dir, vocab_size, split=None):
     """The largest token id in data_dir's shards (of one split, or all), after checking that each
     is below vocab_size: from the manifest's max_token, recorded when the shard was written, so
     this costs no read of the shards; a shard whose entry lacks max_token (a manifest of an older
-    fineweb.py) is read through. Checks the data set first (check_data_dir)."""
+    fineweb.py) is read through, and shards without a manifest are left to the loader, which checks
+    each when it opens it. Checks the data set first (check_data_dir)."""
     manifest = check_data_dir(data_dir)
     largest = -1
     for entry in manifest["shards"]:
@@ -239,6 +249,9 @@ def check_vocab(data_dir, vocab_size, split=None):
         if "max_token" in entry:
             max_token = -1 if entry["max_token"] is None else int(entry["max_token"])
             where = f" (its max_token in {MANIFEST})"
+        elif manifest.get("indexed") is False:
+            continue  # no manifest: a whole pass over every shard at start-up would be slow (20 GB for
+            # FineWeb-Edu 10B); the loader checks each shard's ids when it opens it (load_shard)
         else:
             tokens = load_shard(path)
             max_token, where = int(tokens.max()) if len(tokens) else -1, ""
@@ -246,6 +259,23 @@ def check_vocab(data_dir, vocab_size, split=None):
             raise _vocab_error(path, max_token, vocab_size, where)
         largest = max(largest, max_token)
     return largest
+
+
+def data_fingerprint(data_dir, sample_bytes=1 << 16):
+    """The data set in data_dir identified by its content, not its path, for --resume: a digest of
+    each shard's split, token count and first and last sample_bytes, in the loader's order. A copy
+    or a move keeps it; a regenerated or different data set changes it. Reads 2 * sample_bytes a
+    shard (a few MB for FineWeb-Edu's 100 shards)."""
+    digest = hashlib.sha256()
+    for name in sorted(shard_names(data_dir), key=lambda n: (shard_split(n), n)):
+        path = os.path.join(data_dir, name)
+        ntok = read_shard_header(path)
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BYTES + sample_bytes)[HEADER_BYTES:]
+            f.seek(max(HEADER_BYTES, os.path.getsize(path) - sample_bytes))
+            tail = f.read()
+        digest.update(f"{shard_split(name)} {ntok}\n".encode() + head + tail)
+    return digest.hexdigest()
 
 
 def write_manifest(out_dir, source=None):

@@ -69,13 +69,24 @@ def batch_size_arg(s):
         raise argparse.ArgumentTypeError(f"expected a number of sequences or 'auto', got {s!r}") from None
 
 
+# what each preset is, for --help (its flags follow)
+PRESET_NOTES = {
+    "gpt2-124m": "GPT-2 124M on 10B tokens, build-nanogpt's recipe",
+    "gpt2-350m": "GPT-2 350M on 31.5B tokens (llm.c)",
+    "gpt2-774m": "GPT-2 774M on 150B tokens (llm.c)",
+    "gpt2-1558m": "GPT-2 1558M on 33.5B tokens (llm.c)",
+    "cpu": "a small GPT on CPU in minutes, offline, on the embedded corpus",
+}
+
+
 def get_parser(description=None):
     p = ArgumentParser("train_gpt2.py", description=description)
     a = p.add_argument
-    presets = "; ".join(f"{name}: " + (" ".join(f"--{k} {v}" for k, v in s.items()) or "the defaults below")
-                        for name, s in PRESETS.items())
+    # one line a preset (HelpFormatter keeps the line breaks), its flags as they would be typed
+    presets = "".join(f"\n  {name}: {PRESET_NOTES[name]}: {as_flags(s) or 'the defaults below'}"
+                      for name, s in PRESETS.items())
     a("--preset", choices=list(PRESETS), default="gpt2-124m",
-      help=f"a set of defaults; explicit flags override them. {presets}")
+      help=f"a set of defaults; explicit flags override them (default: %(default)s){presets}")
     a("--recipe", choices=list(RECIPES), default="gpt2",
       help="the model and optimizer: a set of defaults over the preset's; explicit flags override them. "
            + "; ".join(f"{name}: {as_flags(s) or 'the defaults below'}" for name, s in RECIPES.items()))
@@ -83,8 +94,11 @@ def get_parser(description=None):
     a("--data_dir", default="edu_fineweb10B", help="folder of token shards written by fineweb.py")
     a("--log_dir", default="log", help="where log.jsonl, loss.png and checkpoints go")
     a("--resume", nargs="?", const="latest", default=None,
-      help="continue the newest checkpoint in --log_dir, or the given .pt file; the flags that define the run must match it")
-    a("--init_from", default=None, help="start from GPT-2 weights: gpt2|gpt2-medium|gpt2-large|gpt2-xl or a Hugging Face directory")
+      help="continue the newest checkpoint in --log_dir, or the given .pt file; the flags that define the run must "
+           "match it (default: off, a new run)")
+    a("--init_from", default=None,
+      help="start from GPT-2 weights: gpt2|gpt2-medium|gpt2-large|gpt2-xl or a Hugging Face directory "
+           "(default: none, random weights)")
     a("--overwrite", action="store_true",
       help="start a new run in a --log_dir that holds another run: deletes its checkpoints, log.jsonl and loss.png first")
     # model
@@ -125,7 +139,9 @@ def get_parser(description=None):
       help="Muon's learning rate after warmup (--optimizer muon); the schedule scales it as it scales --max_lr")
     a("--weight_decay", type=float, default=0.1, help="AdamW weight decay of the matrices")
     a("--grad_clip", type=float, default=1.0, help="clip the global gradient norm to this (0: no clipping)")
-    a("--stop_at_step", type=int, default=None, help="end the run after this many steps, with a checkpoint, leaving the LR schedule of --max_steps unchanged (continue with --resume)")
+    a("--stop_at_step", type=int, default=None,
+      help="end the run after this many steps, with a checkpoint, leaving the LR schedule of --max_steps unchanged "
+           "(continue with --resume) (default: off, run to --max_steps)")
     # evaluation, sampling, checkpoints
     a("--eval_every", type=int, default=250, help="validation loss, HellaSwag and samples every this many steps, and at the end")
     a("--val_steps", type=int, default=160,
@@ -150,7 +166,7 @@ def get_parser(description=None):
            "checkpoints become folders that torch.distributed.checkpoint writes and reads at any number of ranks")
     a("--consolidate", metavar="DIR", default=None,
       help="only write DIR.pt, the single-file checkpoint of the sharded checkpoint folder DIR (for hellaswag.py, "
-           "model.py, save_pretrained), and exit")
+           "model.py, save_pretrained), and exit (default: off, train)")
     a("--activation_checkpointing", action="store_true",
       help="recompute each block's activations in backward instead of storing them: less memory, about 1/3 more compute")
     a("--log_every", type=int, default=1, help="print a training line every this many steps")
@@ -159,8 +175,12 @@ def get_parser(description=None):
 
 def parse_args(argv=None, description=None):
     parser = get_parser(description)
-    # presets are defaults, so that any explicit flag still wins
-    known, _ = parser.parse_known_args(argv)
+    # presets are defaults, so that any explicit flag still wins. --preset and --recipe are read
+    # first by a parser without --help, so that `--preset cpu --help` shows the cpu preset's defaults
+    first = ArgumentParser("train_gpt2.py", add_help=False)
+    first.add_argument("--preset", choices=list(PRESETS), default="gpt2-124m")
+    first.add_argument("--recipe", choices=list(RECIPES), default="gpt2")
+    known, _ = first.parse_known_args(argv)
     parser.set_defaults(**PRESETS[known.preset], **RECIPES[known.recipe])  # they set different flags
     return parser.parse_args(argv)
 

@@ -60,7 +60,8 @@ from model import GPT, GPTConfig
 from parallel import (all_reduce_mean, all_reduce_min, apply_fsdp, broadcast_from_master, gathered, gradient_sync,
                       run_peak_flops, setup_distributed, wrap_model)
 from sample import sample_text
-from shards import ShardError, find_shards, first_three, load_shard, read_shard_header
+from shards import (MANIFEST, ShardError, check_data_dir, data_fingerprint, find_shards, first_three, load_shard,
+                    read_shard_header)
 from train_args import PRESETS, check_args, config_from_args, get_parser, parse_args
 
 # -----------------------------------------------------------------------------
@@ -310,6 +311,11 @@ def make_loaders(args, d, vocab_size):
             prepare_embedded(args.data_dir)
         if d.ddp:
             dist.barrier()
+    manifest = check_data_dir(args.data_dir)
+    if d.master and manifest.get("indexed") is False:
+        print(f"--data_dir {args.data_dir} has no {MANIFEST}: reading its {len(manifest['shards'])} shards "
+              f"({manifest['tokens']:,} tokens) as one data set, each whole by its header (llm.c's format); "
+              f"python fineweb.py --index {args.data_dir} would record them")
     train_loader = DataLoaderLite(args.batch_size, args.seq_len, d.rank, d.world_size, "train", args.data_dir,
                                   step_tokens=args.total_batch_size, vocab_size=vocab_size, verbose=d.master)
     # validation reads the same batches at any number of ranks (see validation_loss)
@@ -349,6 +355,7 @@ def train(args, d):
 
     # ---- data
     train_loader, val_loader = make_loaders(args, d, model.config.vocab_size)
+    data_id = data_fingerprint(args.data_dir)  # checkpoints name their data by content (see checkpoint.same_data)
     hella_examples = load_hellaswag(args, d) if args.hellaswag else None
 
     # ---- FSDP, the optimizer (of the sharded parameters), the state of a resumed run
@@ -387,7 +394,7 @@ def train(args, d):
                 logger.log_evaluation(event, args)
         if step > start_step and (step % args.save_every == 0 or last_step):
             state = {"scaler": scaler.state_dict(), "run_id": run_id, "train_loader": train_loader.state_dict(),
-                     "val_loss": val_loss}
+                     "val_loss": val_loss, "data_fingerprint": data_id}
             say(f"saved {checkpoint.save(args, step, model, optimizer, state, d)}")
         if last_step:
             say(runlog.summary(start_step, end_step, args.total_batch_size, time.perf_counter() - t_start, last_eval,
@@ -447,9 +454,15 @@ def lock_log_dir(log_dir, d):
 def run(argv=None):
     args = parse_args(argv, description=__doc__)
     if args.consolidate:
-        if not os.path.isfile(os.path.join(args.consolidate, checkpoint.TRAIN_STATE)):
-            raise UserError(f"--consolidate {args.consolidate} is not a sharded checkpoint folder "
-                            f"(no {checkpoint.TRAIN_STATE} in it)")
+        path, wants = args.consolidate, "give a model_XXXXX folder that train_gpt2.py --fsdp wrote"
+        if not os.path.exists(path):
+            raise UserError(f"--consolidate {path} does not exist; {wants}")
+        if not os.path.isdir(path):
+            already = " (a single-file checkpoint already: use it as it is)" if path.endswith(".pt") else ""
+            raise UserError(f"--consolidate {path} is a file, not a folder{already}; {wants}")
+        if not os.path.isfile(os.path.join(path, checkpoint.TRAIN_STATE)):
+            raise UserError(f"--consolidate {path} is a folder without {checkpoint.TRAIN_STATE}, not a sharded "
+                            f"checkpoint; {wants}")
         print(f"wrote {checkpoint.consolidate_checkpoint(args.consolidate)}")
         return None
     check_args(args)

@@ -35,4 +35,4 @@ def test_preset_help_says_what_each_preset_sets():
     for name, settings in train_args.PRESETS.items():
         assert name in text
         for k, v in settings.items():
-            assert f"--{k} {v}" in " ".join(text.split()), (name, k)
+            assert train_args.as_flags({k: v}) in " ".join(text.split()), (name, k)

@@ -121,12 +121,15 @@ def test_resume_refuses_a_change_of_every_run_defining_flag(flag):
     saved = {**vars(args), flag: other_value(flag, getattr(args, flag))}
     assert saved[flag] != getattr(args, flag)
     message = f"made with --{flag} {saved[flag]}, this command says --{flag} {getattr(args, flag)};"
+    if flag == "data_dir":  # a checkpoint without its data's fingerprint (checkpoint.same_data): by path
+        message = f"--data_dir shards does not hold the data the run was trained on (its --data_dir {saved[flag]});"
     with pytest.raises(UserError, match=re.escape(message)):
         checkpoint.check_resume(args, {"args": saved}, "log/model_00002.pt")
 
 
 def test_resume_compares_data_dir_as_a_path(tmp_path, monkeypatch):
-    """--data_dir shards and --data_dir /abs/.../shards are the same data: not a change."""
+    """--data_dir shards and --data_dir /abs/.../shards are the same data: not a change (for a
+    checkpoint that did not record its data's fingerprint; test_data_interop tests those)."""
     monkeypatch.chdir(tmp_path)
     args = tiny_args()
     saved = {**vars(args), "data_dir": str(tmp_path / "shards"), "max_steps": 9}
