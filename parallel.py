@@ -86,6 +86,18 @@ def run_peak_flops(d, dtype):
     return peak.item()
 
 
+def raise_peak(peak, achieved, d, dtype):
+    """The peak to measure MFU against once a step achieved more FLOP/s than peak, which only a
+    measured (CPU) peak allows: it was timed while the machine was busier than now. Measured again
+    (by this rank alone, for each rank's share of the cores), and never below the rate achieved,
+    which the peak cannot be: MFU stays at or under 100%. Rank 0 only, between steps."""
+    again = peak_flops("cpu", dtype, matmul_size=2048)[0] * d.world_size if d.device == "cpu" else 0.0
+    new = max(peak, achieved, again)
+    print(f"MFU: a step did {achieved / 1e9:,.1f} GFLOP/s, above the peak measured earlier ({peak / 1e9:,.1f}, "
+          f"timed on a busier machine); measured again: {again / 1e9:,.1f}, so the peak is now {new / 1e9:,.1f}")
+    return new
+
+
 def wrap_model(model, d, compile, fsdp):
     """(train_model, infer_model) around the GPT. Training and validation run through train_model
     (one static shape, compiled once, DDP-wrapped); HellaSwag and sampling see a new length at

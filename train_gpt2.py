@@ -58,7 +58,7 @@ from device import auto_batch_size, autocast_and_scaler, configure_tf32, sync
 from fineweb import EMBEDDED_OUT_DIR, prepare_embedded
 from model import GPT, GPTConfig
 from parallel import (all_reduce_mean, all_reduce_min, apply_fsdp, broadcast_from_master, gathered, gradient_sync,
-                      run_peak_flops, setup_distributed, wrap_model)
+                      raise_peak, run_peak_flops, setup_distributed, wrap_model)
 from sample import sample_text
 from shards import (MANIFEST, ShardError, check_data_dir, data_fingerprint, find_shards, first_three, load_shard,
                     read_shard_header)
@@ -420,6 +420,8 @@ def train(args, d):
         losses.append(train_loss)
         if d.master:
             tok_s = args.total_batch_size / dt
+            if peak and model.estimate_mfu(tok_s, args.seq_len, peak) > 1:  # a CPU peak timed on a busier machine
+                peak = raise_peak(peak, model.flops_per_token(args.seq_len) * tok_s, d, args.dtype)
             mfu = model.estimate_mfu(tok_s, args.seq_len, peak) if peak else None
             logger.log(step=step, train_loss=train_loss, lr=lr, grad_norm=norm.item(), dt_ms=dt * 1000,
                        tokens_per_sec=tok_s, **({"mfu": mfu} if mfu is not None else {}),

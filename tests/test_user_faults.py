@@ -21,6 +21,7 @@ import checkpoint
 import common
 import runlog
 import sample
+import train_gpt2
 from model import GPT, GPTConfig, generate
 from shards import write_manifest, write_shard
 from test_train import ROOT, TINY, data_dir, read_log, run, torchrun  # noqa: F401 (data_dir: the fixture)
@@ -258,6 +259,16 @@ def test_progress_line_and_closing_summary(data_dir, tmp_path, capsys):
     val = [e for e in read_log(tmp_path) if "val_loss" in e][-1]
     assert re.fullmatch(rf"done: steps 0-4 in \S+, 256 tokens seen \| val loss {val['val_loss']:.4f} at step 4 \| "
                         rf"last checkpoint {re.escape(str(tmp_path / 'model_00004.pt'))}", last), last
+
+
+def test_mfu_stays_at_most_100_percent_when_the_cpu_peak_was_timed_busy(data_dir, tmp_path, capsys, monkeypatch):
+    """A CPU's peak is a measurement: taken while the machine was busy, a later step beats it.
+    The peak is then measured again and never left below what a step achieved."""
+    monkeypatch.setattr(train_gpt2, "run_peak_flops", lambda d, dtype: 1e6)  # 1 MFLOP/s: timed on a crowded machine
+    run(data_dir, tmp_path, *FLAGS, "--max_steps", "3")
+    mfus = [e["mfu"] for e in read_log(tmp_path) if "mfu" in e]
+    assert len(mfus) == 3 and all(0 < m <= 1 for m in mfus), mfus
+    assert "above the peak measured earlier (0.0, timed on a busier machine); measured again" in capsys.readouterr().out
 
 
 def test_counts_and_durations_read_as_a_person_reads_them():
