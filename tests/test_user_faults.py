@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 
 import numpy as np
@@ -63,6 +64,38 @@ def test_resume_drops_a_log_line_cut_by_kill(data_dir, tmp_path, capsys):
     log = read_log(tmp_path)
     assert [e["step"] for e in log if "train_loss" in e] == [0, 1, 2, 3]
     assert [e["step"] for e in log if "val_loss" in e] == [0, 2, 4]
+
+
+def test_kill_9_mid_run_then_resume_is_bit_exact(data_dir, tmp_path):
+    """A training process killed with SIGKILL wherever it is (mid-step, mid-checkpoint, mid-log
+    line), then --resume: the same losses, val losses, weights and AdamW state as a run never
+    stopped."""
+    flags = [*FLAGS, "--max_steps", "100000"]  # the schedule is the same for both runs; they stop early
+    p = subprocess.Popen([sys.executable, "train_gpt2.py", "--data_dir", data_dir, "--log_dir", str(tmp_path / "run"),
+                          *TINY, *flags], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(1200):  # until its second checkpoint, then a little further
+            if len(checkpoint.list_checkpoints(str(tmp_path / "run"))) >= 2 or p.poll() is not None:
+                break
+            time.sleep(0.1)
+        time.sleep(0.05)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    latest = checkpoint.latest_checkpoint(str(tmp_path / "run"))
+    stop = int(re.search(r"model_(\d+)", latest)[1]) + 3
+    resumed = run(data_dir, tmp_path / "run", *flags, "--resume", "--stop_at_step", str(stop))
+    straight = run(data_dir, tmp_path / "ref", *flags, "--stop_at_step", str(stop))
+    events = lambda d, key: [(e["step"], e[key]) for e in read_log(d) if key in e]  # noqa: E731
+    for key in ("train_loss", "val_loss"):
+        assert events(tmp_path / "run", key) == events(tmp_path / "ref", key), key
+    assert [s for s, _ in events(tmp_path / "run", "train_loss")] == list(range(stop))
+    a, b = (torch.load(d / f"model_{stop:05d}.pt", weights_only=True) for d in (tmp_path / "run", tmp_path / "ref"))
+    for k, v in b["model"].items():
+        assert torch.equal(a["model"][k], v), k
+    for i, state in b["optimizer"]["state"].items():
+        assert all(torch.equal(a["optimizer"]["state"][i][k], v) for k, v in state.items()), i
+    assert resumed["losses"] == straight["losses"][-3:]
 
 
 def test_a_log_line_bad_in_the_middle_is_named(data_dir, tmp_path, capsys):
