@@ -31,6 +31,7 @@ load column: the 1-minute load average at the run's end).
 """
 
 import json
+import math
 import os
 import platform
 import time
@@ -44,10 +45,11 @@ RECIPES = ("gpt2", "modern")
 # work; grids whose best values lie inside them (README, "The modern recipe against GPT-2's, measured")
 DEFAULTS = dict(n_layer=4, n_head=4, n_embd=64, seq_len=256, batch_size=4, max_steps=120, warmup_steps=12,
                 eval_every=12, val_steps=4, gpt2_lr=[1.5e-3, 3e-3, 6e-3, 1.2e-2], modern_lr=[6e-3, 1.2e-2, 2.4e-2],
-                modern_muon_lr=[0.02])
+                modern_muon_lr=[0.02], modern_steps=None)
 # --quick: a tiny model and budget, to try the whole pipeline (a test runs it)
 QUICK = dict(n_layer=2, n_head=2, n_embd=16, seq_len=16, batch_size=2, max_steps=4, warmup_steps=1,
-             eval_every=2, val_steps=1, gpt2_lr=[1e-3, 2e-3, 4e-3], modern_lr=[2e-3], modern_muon_lr=[0.02])
+             eval_every=2, val_steps=1, gpt2_lr=[1e-3, 2e-3, 4e-3], modern_lr=[2e-3], modern_muon_lr=[0.02],
+             modern_steps=[2, 4])
 
 
 # -----------------------------------------------------------------------------
@@ -85,13 +87,16 @@ def step_time_ms(events):
 
 
 def compare(runs):
-    """The report of finished runs (dicts with recipe, final_val_loss, curve): the baseline is the
-    GPT-2 run with the lowest final val loss, the modern pick the modern run with the lowest final
-    val loss (chosen as the baseline is, not by the ratio); each run's tokens to the baseline's
-    final val loss, and the modern pick's ratio to the baseline's."""
+    """The report of finished runs (dicts with recipe, budget, final_val_loss, curve): the baseline
+    is the GPT-2 run with the lowest final val loss, the modern pick the modern run of the full
+    budget with the lowest final val loss (chosen as the baseline is, not by the ratio); each
+    run's tokens to the baseline's final val loss, and the modern pick's ratio to the baseline's.
+    Then the complete runs: the smallest budget at which a modern run, its schedule ending there,
+    finishes at or below the baseline's final val loss, and its ratio to the baseline's tokens."""
+    full = max(r["budget"] for r in runs)
     best = {}
     for recipe in RECIPES:
-        done = [r for r in runs if r["recipe"] == recipe and r["final_val_loss"] is not None]
+        done = [r for r in runs if r["recipe"] == recipe and r["final_val_loss"] is not None and r["budget"] == full]
         best[recipe] = min(done, key=lambda r: r["final_val_loss"]) if done else None
     baseline, modern = best["gpt2"], best["modern"]
     report = {"baseline": baseline and baseline["name"], "modern": modern and modern["name"],
@@ -103,6 +108,13 @@ def compare(runs):
         report["modern_tokens"] = modern["tokens_to_target"]
         report["ratio"] = (modern["tokens_to_target"] / baseline["tokens_to_target"]
                            if modern["tokens_to_target"] is not None else None)
+    if baseline:
+        there = [r for r in runs if r["recipe"] == "modern" and r["final_val_loss"] is not None
+                 and r["final_val_loss"] <= baseline["final_val_loss"]]
+        first = min(there, key=lambda r: (r["budget"], r["final_val_loss"])) if there else None
+        report["complete"] = first and first["name"]
+        report["complete_tokens"] = first and first["budget"]
+        report["complete_ratio"] = first and first["budget"] / baseline["tokens_to_target"]
     return report
 
 
@@ -141,6 +153,12 @@ def table(runs, report):
                     f"{report['ratio']:.3f} of the baseline's ({1 / report['ratio']:.2f}x fewer)")
     elif report["modern"] is not None and report["baseline"] is not None:
         rows.append(f"modern {report['modern']}: does not reach it within the budget")
+    if report.get("complete"):
+        rows.append(f"the smallest budget at which a modern run, its schedule ending there, finishes at or below it: "
+                    f"{report['complete']}, {report['complete_tokens']:,} tokens, {report['complete_ratio']:.3f} of the "
+                    f"baseline's ({1 / report['complete_ratio']:.2f}x fewer)")
+    elif report["baseline"] is not None and any(r["recipe"] == "modern" for r in runs):
+        rows.append("no modern run finishes at or below it")
     return "\n".join(rows)
 
 
@@ -181,21 +199,24 @@ def plot(runs, report, png_path, title):
 
 
 def plan(args):
-    """(name, recipe, max_lr, muon_lr) of every run, GPT-2's grid first."""
-    runs = [(f"gpt2_lr{lr:g}", "gpt2", lr, None) for lr in args.gpt2_lr]
-    runs += [(f"modern_lr{lr:g}_muon{mu:g}", "modern", lr, mu) for lr in args.modern_lr for mu in args.modern_muon_lr]
+    """(name, recipe, max_lr, muon_lr, steps) of every run, GPT-2's grid first, then the modern
+    grid at each of --modern_steps (a run's schedule ends at its own steps)."""
+    runs = [(f"gpt2_lr{lr:g}", "gpt2", lr, None, args.max_steps) for lr in args.gpt2_lr]
+    runs += [(f"modern_lr{lr:g}_muon{mu:g}" + (f"_steps{n}" if n != args.max_steps else ""), "modern", lr, mu, n)
+             for n in sorted(args.modern_steps) for lr in args.modern_lr for mu in args.modern_muon_lr]
     return runs
 
 
-def train_argv(args, recipe, max_lr, muon_lr, log_dir):
+def train_argv(args, recipe, max_lr, muon_lr, steps, log_dir):
     """train_gpt2.py's flags for one run: the cpu preset (float32, no compile), the shared size,
-    batch and budget, and the run's recipe and learning rates; the rest is the recipe's default."""
+    batch and warmup, the run's budget (steps), recipe and learning rates; the rest is the
+    recipe's default."""
     argv = ["--preset", "cpu", "--recipe", recipe, "--data_dir", args.data_dir, "--log_dir", log_dir,
             "--n_layer", args.n_layer, "--n_head", args.n_head, "--n_embd", args.n_embd,
             "--block_size", args.seq_len, "--seq_len", args.seq_len, "--batch_size", args.batch_size,
-            "--total_batch_size", args.batch_size * args.seq_len, "--max_steps", args.max_steps,
+            "--total_batch_size", args.batch_size * args.seq_len, "--max_steps", steps,
             "--warmup_steps", args.warmup_steps, "--eval_every", args.eval_every, "--val_steps", args.val_steps,
-            "--save_every", args.max_steps, "--seed", args.seed, "--device", args.device,
+            "--save_every", steps, "--seed", args.seed, "--device", args.device,
             "--no-hellaswag", "--num_samples", 0, "--max_lr", max_lr]
     if muon_lr is not None:
         argv += ["--muon_lr", muon_lr]
@@ -204,13 +225,32 @@ def train_argv(args, recipe, max_lr, muon_lr, log_dir):
     return [str(a) for a in argv]
 
 
-def train_one(args, name, recipe, max_lr, muon_lr):
-    """One run through train_gpt2.main; a loss that blows up ends it, and the comparison goes on.
-    Returns its wall time and the load average at its end (on a shared machine, the time per step
-    of two runs compares only at a similar load)."""
+def already_done(argv, steps):
+    """Whether the run of argv finished before with the same flags: its last checkpoint is there and
+    records them. A comparison stopped half way then goes on where it was."""
+    from checkpoint import read_checkpoint, same_data
+    from train_args import parse_args
+
+    args = vars(parse_args(argv))
+    path = os.path.join(args["log_dir"], f"model_{steps:05d}.pt")
+    try:
+        ckpt = read_checkpoint(path, mmap=True, keys=("args",))
+    except (OSError, ValueError):
+        return False
+    same_flags = all(ckpt["args"].get(k) == v for k, v in args.items() if k not in ("overwrite", "log_dir", "data_dir"))
+    return same_flags and same_data(args["data_dir"], ckpt)
+
+
+def train_one(args, name, recipe, max_lr, muon_lr, steps):
+    """One run through train_gpt2.main, unless it finished before with the same flags; a loss that
+    blows up ends it, and the comparison goes on. Returns its wall time and the load average at
+    its end (on a shared machine, the time per step of two runs compares only at a similar load)."""
     import train_gpt2
 
-    argv = train_argv(args, recipe, max_lr, muon_lr, os.path.join(args.out_dir, name))
+    argv = train_argv(args, recipe, max_lr, muon_lr, steps, os.path.join(args.out_dir, name))
+    if not args.overwrite and already_done(argv, steps):
+        print(f"=== {name}: finished before with these flags, not trained again (--overwrite trains it)", flush=True)
+        return None
     print(f"=== {name}: python train_gpt2.py {' '.join(argv)}", flush=True)
     t0 = time.perf_counter()
     try:
@@ -220,7 +260,7 @@ def train_one(args, name, recipe, max_lr, muon_lr):
     return {"seconds": time.perf_counter() - t0, "load_average": os.getloadavg()[0]}
 
 
-def read_run(args, name, recipe, max_lr, muon_lr, timing=None):
+def read_run(args, name, recipe, max_lr, muon_lr, steps, timing=None):
     """What the report needs from a run's log.jsonl and flags. A run counts as finished when it
     evaluated at --max_steps (one that diverged, or was stopped, has no final val loss)."""
     import torch
@@ -230,17 +270,18 @@ def read_run(args, name, recipe, max_lr, muon_lr, timing=None):
     from train_args import config_from_args, parse_args
 
     log_dir = os.path.join(args.out_dir, name)
-    argv = train_argv(args, recipe, max_lr, muon_lr, log_dir)
+    argv = train_argv(args, recipe, max_lr, muon_lr, steps, log_dir)
     path = os.path.join(log_dir, "log.jsonl")
     if not os.path.isfile(path):
         raise UserError(f"{path} is missing: run {name} has not been trained; run without --report_only")
     events = read_log(path)
     curve = val_curve(events, args.batch_size * args.seq_len)
-    finished = bool(curve) and curve[-1][0] == args.max_steps * args.batch_size * args.seq_len
+    budget = steps * args.batch_size * args.seq_len
+    finished = bool(curve) and curve[-1][0] == budget
     with torch.device("meta"):  # the parameter counts need the shapes only, not the weights
         model = GPT(config_from_args(parse_args(argv)))
     return {
-        "name": name, "recipe": recipe, "max_lr": max_lr, "muon_lr": muon_lr, "argv": argv, "log_dir": log_dir,
+        "name": name, "recipe": recipe, "max_lr": max_lr, "muon_lr": muon_lr, "budget": budget, "argv": argv, "log_dir": log_dir,
         "params": model.num_params(), "block_params": sum(p.numel() for p in model.transformer.h.parameters()),
         "curve": curve, "final_val_loss": curve[-1][1] if finished else None, "finished": finished,
         "step_ms": step_time_ms(events), **(timing or {"seconds": None, "load_average": None}),
@@ -293,6 +334,10 @@ def get_parser():
     grid.add_argument("--modern_muon_lr", type=float, nargs="+", default=None,
                       help=f"--muon_lr values (the blocks' matrices) of the modern recipe; every pair with --modern_lr is run "
                            f"(default {' '.join(map(str, DEFAULTS['modern_muon_lr']))})")
+    grid.add_argument("--modern_steps", type=int, nargs="+", default=None,
+                      help="budgets of the modern runs, in steps up to --max_steps, each run's schedule ending at its own: "
+                           "the smallest at which one finishes at or below GPT-2's final val loss is reported "
+                           "(default: --max_steps and its quarter and half)")
     a("--seed", type=int, default=1337, help="the weights' seed of every run")
     a("--device", default="cpu", help="train_gpt2.py's --device for every run")
     a("--overwrite", action="store_true", help="replace the runs a previous comparison left in --out_dir")
@@ -312,6 +357,16 @@ def check_args(args):
     if args.max_steps % args.eval_every:
         raise UserError(f"--max_steps {args.max_steps} is not a multiple of --eval_every {args.eval_every}: the curves' "
                         f"points would be spaced unevenly at the end; pick --eval_every dividing --max_steps")
+    if args.modern_steps is None:
+        args.modern_steps = [args.max_steps // 4, args.max_steps // 2, args.max_steps]
+    args.modern_steps = sorted({n for n in args.modern_steps} | {args.max_steps})
+    if not 0 < args.modern_steps[0] or args.modern_steps[-1] > args.max_steps:
+        raise UserError(f"--modern_steps must lie in [1, --max_steps {args.max_steps}], got "
+                        f"{' '.join(map(str, args.modern_steps))}")
+    short = [n for n in args.modern_steps if args.warmup_steps > n * 0.6]
+    if short:  # the modern recipe's WSD cools down over the last 40% of its steps
+        raise UserError(f"--modern_steps {short[0]} is too short for --warmup_steps {args.warmup_steps} and the 40% "
+                        f"cooldown of the modern recipe's schedule: give at least {math.ceil(args.warmup_steps / 0.6)}")
     if len(set(args.gpt2_lr)) < 3:
         raise UserError(f"--gpt2_lr needs at least 3 different values (got {' '.join(f'{v:g}' for v in args.gpt2_lr)}): "
                         f"the baseline is GPT-2's best over a grid, so that the comparison is fair")

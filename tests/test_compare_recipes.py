@@ -36,8 +36,9 @@ def test_step_time_is_the_median_without_the_first_step():
     assert cr.step_time_ms([{"step": 0, "dt_ms": 900.0}]) is None
 
 
-def run(name, recipe, final, curve):
-    return {"name": name, "recipe": recipe, "final_val_loss": final, "curve": curve, "params": 1, "block_params": 1, "step_ms": 1.0}
+def run(name, recipe, final, curve, budget=2000):
+    return {"name": name, "recipe": recipe, "final_val_loss": final, "curve": curve, "params": 1, "block_params": 1,
+            "step_ms": 1.0, "budget": budget}
 
 
 def test_compare_picks_the_best_final_loss_of_each_recipe_and_divides_their_tokens():
@@ -65,6 +66,27 @@ def test_compare_picks_the_best_final_loss_of_each_recipe_and_divides_their_toke
     report = cr.compare(runs)
     assert report["modern"] == "modern_a" and report["ratio"] is None
     assert "does not reach it within the budget" in cr.table(runs, report)
+    assert report["complete"] is None and "no modern run finishes at or below it" in cr.table(runs, report)
+
+
+def test_the_smallest_complete_modern_budget_at_or_below_the_target():
+    """Shorter modern runs, each with its schedule ending at its budget: the report names the
+    smallest budget whose run finishes at or below the baseline's final val loss."""
+    runs = [
+        run("gpt2_a", "gpt2", 4.0, [(0, 10.0), (4000, 4.0)], budget=4000),
+        run("gpt2_b", "gpt2", 4.2, [(0, 10.0), (4000, 4.2)], budget=4000),
+        run("gpt2_c", "gpt2", 4.4, [(0, 10.0), (4000, 4.4)], budget=4000),
+        run("modern_500", "modern", 4.3, [(0, 10.0), (500, 4.3)], budget=500),     # not low enough
+        run("modern_1000", "modern", 3.95, [(0, 10.0), (1000, 3.95)], budget=1000),  # the answer
+        run("modern_1000b", "modern", 3.99, [(0, 10.0), (1000, 3.99)], budget=1000),
+        run("modern_2000", "modern", 3.5, [(0, 10.0), (2000, 3.5)], budget=2000),
+        run("modern_4000", "modern", 3.0, [(0, 10.0), (2000, 5.0), (4000, 3.0)], budget=4000),
+    ]
+    report = cr.compare(runs)
+    # the full-budget pick is read off its curve as before; the shorter runs never are the pick
+    assert report["modern"] == "modern_4000" and report["modern_tokens"] == pytest.approx(2000 + 2000 * 1 / 2)
+    assert (report["complete"], report["complete_tokens"], report["complete_ratio"]) == ("modern_1000", 1000, 0.25)
+    assert "modern_1000, 1,000 tokens, 0.250 of the baseline's (4.00x fewer)" in cr.table(runs, report)
 
 
 def test_edge_warnings_name_a_grid_whose_best_is_at_its_end():
@@ -83,6 +105,8 @@ def test_bad_flags_are_one_line(tmp_path, capsys):
         (["--gpt2_lr", "1e-3", "2e-3"], "--gpt2_lr needs at least 3 different values"),
         (["--max_steps", "10", "--eval_every", "3"], "--max_steps 10 is not a multiple of --eval_every 3"),
         (["--modern_lr", "0"], "--modern_lr values must be > 0"),
+        (["--modern_steps", "9"], "--modern_steps must lie in [1, --max_steps 4], got 4 9"),
+        (["--modern_steps", "1"], "--modern_steps 1 is too short for --warmup_steps 1 and the 40% cooldown"),
         (["--data_dir", str(tmp_path / "none")], f"--data_dir {tmp_path / 'none'} is not a folder of token shards"),
     ]:
         with pytest.raises(SystemExit) as e:
@@ -117,14 +141,16 @@ def test_quick_end_to_end(tiny_corpus, tmp_path, capsys, monkeypatch):
     results = cr.main(["--quick", "--data_dir", tiny_corpus, "--out_dir", out])
     printed = capsys.readouterr().out
     runs = results["runs"]
-    assert [r["name"] for r in runs] == ["gpt2_lr0.001", "gpt2_lr0.002", "gpt2_lr0.004", "modern_lr0.002_muon0.02"]
+    assert [r["name"] for r in runs] == ["gpt2_lr0.001", "gpt2_lr0.002", "gpt2_lr0.004", "modern_lr0.002_muon0.02_steps2",
+                                         "modern_lr0.002_muon0.02"]
     step_tokens = cr.QUICK["batch_size"] * cr.QUICK["seq_len"]
     for r in runs:
         # the curve is the run's own log.jsonl, read here with json alone
         with open(os.path.join(out, r["name"], "log.jsonl")) as f:
             events = [json.loads(line) for line in f if line.strip()]
         evals = [(e["step"] * step_tokens, e["val_loss"]) for e in events if "val_loss" in e]
-        assert [tuple(p) for p in r["curve"]] == evals and len(evals) == cr.QUICK["max_steps"] // cr.QUICK["eval_every"] + 1
+        steps = r["budget"] // step_tokens
+        assert [tuple(p) for p in r["curve"]] == evals and len(evals) == steps // cr.QUICK["eval_every"] + 1
         assert r["finished"] and r["final_val_loss"] == evals[-1][1] < evals[0][1]
         assert r["step_ms"] > 0
     # parameters: GPT-2's tied head counted once; the modern one's own lm_head, no wpe, no norm gains
@@ -132,13 +158,13 @@ def test_quick_end_to_end(tiny_corpus, tmp_path, capsys, monkeypatch):
     gpt2_blocks = n * (12 * d * d + 13 * d)  # attention 4d^2+4d, MLP 8d^2+5d, two LayerNorms 4d
     assert runs[0]["block_params"] == gpt2_blocks and runs[0]["params"] == gpt2_blocks + V * d + T * d + 2 * d
     modern_blocks = n * (12 * d * d + 9 * d)  # the same matrices and biases, parameter-free RMSNorm
-    assert runs[3]["block_params"] == modern_blocks and runs[3]["params"] == modern_blocks + 2 * V * d
+    assert runs[4]["block_params"] == modern_blocks and runs[4]["params"] == modern_blocks + 2 * V * d
 
     report = results["report"]
     finals = {r["name"]: r["final_val_loss"] for r in runs}
     baseline = min(list(finals)[:3], key=finals.get)
     assert report["baseline"] == baseline and report["target_val_loss"] == finals[baseline]
-    modern = runs[3]
+    modern = runs[4]
     expected = cr.tokens_to_reach(modern["curve"], finals[baseline])
     assert report["modern_tokens"] == expected
     if expected is not None:
@@ -151,6 +177,13 @@ def test_quick_end_to_end(tiny_corpus, tmp_path, capsys, monkeypatch):
     # --report_only reads the same logs again and trains nothing
     again = cr.main(["--quick", "--data_dir", tiny_corpus, "--out_dir", out, "--report_only"])
     assert again["report"] == report and [r["curve"] for r in again["runs"]] == [r["curve"] for r in runs]
+    # run again, with one more GPT-2 LR: only that run trains; the others finished with the same flags
+    capsys.readouterr()
+    more = cr.main(["--quick", "--data_dir", tiny_corpus, "--out_dir", out, "--gpt2_lr", "1e-3", "2e-3", "4e-3", "8e-3"])
+    printed = capsys.readouterr().out
+    assert printed.count("finished before with these flags, not trained again") == 5
+    assert "=== gpt2_lr0.008: python train_gpt2.py" in printed
+    assert [r["curve"] for r in more["runs"] if r["name"] != "gpt2_lr0.008"] == [r["curve"] for r in runs]
 
 
 def test_read_run_counts_a_run_finished_only_with_its_last_evaluation(tmp_path):
@@ -162,8 +195,8 @@ def test_read_run_counts_a_run_finished_only_with_its_last_evaluation(tmp_path):
             for step in range(0, last_step + 1, args.eval_every):
                 f.write(json.dumps({"step": step, "val_loss": 10.0 - step}) + "\n")
                 f.write(json.dumps({"step": step, "train_loss": 10.0 - step, "dt_ms": 5.0 + step}) + "\n")
-        r = cr.read_run(args, "gpt2_lr0.001", "gpt2", 1e-3, None)
+        r = cr.read_run(args, "gpt2_lr0.001", "gpt2", 1e-3, None, args.max_steps)
         assert r["finished"] is finished and r["curve"][-1] == (last_step * step_tokens, 10.0 - last_step)
         assert r["final_val_loss"] == (10.0 - last_step if finished else None)
     with pytest.raises(cr.UserError, match="gpt2_lr0.002.*has not been trained"):
-        cr.read_run(args, "gpt2_lr0.002", "gpt2", 2e-3, None)
+        cr.read_run(args, "gpt2_lr0.002", "gpt2", 2e-3, None, args.max_steps)
