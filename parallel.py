@@ -158,7 +158,8 @@ def set_resharding(model):
 def apply_fsdp(model, dtype):
     """Shard a GPT over all ranks (ZeRO-3). Every Block is one unit: its parameters are gathered
     just before its forward (and again before its backward) and freed after, so only a block or two
-    is ever whole on a rank; the root unit takes the rest: wte (which is lm_head, tied), wpe, ln_f.
+    is ever whole on a rank; the root unit takes the rest: wte, lm_head (the same matrix, tied, or
+    its own with --no-tie_embeddings), wpe, ln_f.
     fully_shard turns the parameters into DTensors in place, so the optimizer is built after."""
     if dtype == "bfloat16":
         # the shards (what AdamW updates) stay fp32 and every gathered copy is bf16. Unlike autocast
@@ -174,7 +175,7 @@ def apply_fsdp(model, dtype):
     fully_shard(model, mp_policy=mp_policy)
     # the tied matrix is one Parameter, so it is sharded once and both modules keep the same
     # DTensor; were it ever untied, the two copies would drift apart without a word
-    if model.transformer.wte.weight is not model.lm_head.weight:
+    if model.config.tie_embeddings and model.transformer.wte.weight is not model.lm_head.weight:
         raise RuntimeError("fully_shard untied transformer.wte.weight and lm_head.weight")
     return model
 

@@ -212,9 +212,6 @@ def check_args(args):
     if args.fsdp and args.optimizer == "muon":
         raise UserError("--optimizer muon does not run under --fsdp yet: Muon orthogonalises whole matrices, which "
                         "FSDP shards over the ranks; train with DDP (leave out --fsdp) or use --optimizer adamw")
-    if args.fsdp and not args.tie_embeddings:
-        raise UserError("--no-tie_embeddings does not run under --fsdp yet (its sharding assumes the tied matrix); "
-                        "train with DDP (leave out --fsdp) or pass --tie_embeddings")
     modern = {k: getattr(args, k) for k in ARCHITECTURE if getattr(args, k) != get_parser().get_default(k)}  # GPT-2's
     if args.init_from and modern:
         raise UserError(f"--init_from {args.init_from} loads GPT-2's architecture, which {as_flags(modern)} would change; "
