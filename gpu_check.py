@@ -861,6 +861,9 @@ def run(args):
     t_start = time.monotonic()
     if args.budget < 1:
         raise UserError(f"--budget must be at least 1 second, got {args.budget}")
+    unknown = [name for name in args.steps or [] if name not in [st["name"] for st in STEPS]]
+    if unknown:
+        raise UserError(f"--steps {unknown[0]} is not a step; the steps: {', '.join(st['name'] for st in STEPS)}")
     bundle = os.path.abspath(args.bundle)
     missing = missing_for_run(bundle)
     if missing:
@@ -905,7 +908,7 @@ def run(args):
                "device": "cpu" if args.cpu else "cuda", "passed": {},
                "recipes_data": os.path.join(bundle, info["recipes_data"]["dir"]) if info.get("recipes_data") else None}
         write_summary(out, summary)
-        for step in STEPS:
+        for step in [st for st in STEPS if not args.steps or st["name"] in args.steps]:
             row = run_step(step, ctx, args.budget - (time.monotonic() - t_start) - KILL_GRACE, cc_ok)
             summary["steps"].append(row)
             if row["status"] == "passed":
@@ -948,6 +951,10 @@ def get_parser():
     pr.add_argument("--out", default="gpu_out",
                     help="where summary.json, summary.txt, the steps' logs and the compile cache go")
     pr.add_argument("--cpu", action="store_true", help="tiny models on CPU instead of GPT-2 124M on the GPU")
+    pr.add_argument("--steps", nargs="+", default=None, metavar="STEP",
+                    help="only these steps, in the plan's order (default: all); e.g. a second command for the "
+                         "recipe comparison, which the first one's budget rarely reaches: --steps recipe_gpt2_124m "
+                         "recipe_modern_124m")
     pr.add_argument("--budget", type=int, default=540,
                     help="seconds for the whole run, the steps sharing them most valuable first (a step that no "
                          "longer fits is skipped, saying so); the default leaves a 10-minute limit a minute to spare")

@@ -107,6 +107,20 @@ def test_run_says_what_is_missing(tmp_path, bundle):
         f"an intact {broken / 'hellaswag_synthetic.jsonl'} (its sha256 differs from bundle.json's)"]
 
 
+def test_steps_selects_steps_for_a_second_command(tmp_path, bundle):
+    """--steps runs only the steps named (a second command on the GPU for the ones the first one's
+    budget did not reach); a name that is no step is one line."""
+    with pytest.raises(UserError, match="--steps recipes is not a step; the steps: train, "):
+        gpu_check.main(["run", "--bundle", bundle, "--out", str(tmp_path / "out"), "--cpu", "--steps", "recipes"])
+    out = tmp_path / "sel"
+    proc = subprocess.run([sys.executable, "gpu_check.py", "run", "--bundle", bundle, "--out", str(out), "--cpu",
+                           "--steps", "bench_124m_compiled_64"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    with open(out / "summary.json") as f:
+        rows = json.load(f)["steps"]
+    assert [(r["name"], r["status"]) for r in rows] == [("probe", "passed"), ("bench_124m_compiled_64", "passed")]
+
+
 def test_scripts_are_the_run_s_scripts_and_every_module_of_ours_they_import():
     """run checks SCRIPTS before it starts: a module of ours missing on the GPU machine would
     otherwise fail a step minutes in."""
