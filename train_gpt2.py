@@ -68,6 +68,27 @@ from train_args import PRESETS, check_args, config_from_args, get_parser, parse_
 # data loader
 
 
+def step_shards(data_dir, split, step_tokens, vocab_size=None, verbose=False):
+    """The shards of a split that hold a step (step_tokens + 1 tokens), after checking the data set
+    whole (one data set, token ids < vocab_size) and every shard's size up front: a bad file fails
+    at start-up, not hours in. A shorter shard (fineweb.py's last one, with a small --shard_size)
+    is skipped, saying so (verbose)."""
+    shards = find_shards(data_dir, split, vocab_size)
+    sizes = {path: read_shard_header(path) for path in shards}
+    usable = [path for path in shards if sizes[path] >= step_tokens + 1]
+    short = [f"{os.path.basename(p)} ({sizes[p]} tokens)" for p in shards if p not in usable]
+    if not usable:
+        raise ShardError(
+            f"--data_dir {data_dir}: no {split} shard holds the {step_tokens} + 1 tokens that one step reads "
+            f"(the largest has {max(sizes.values())}); make larger shards with fineweb.py --shard_size (or "
+            f"--val_tokens), or lower --total_batch_size (or --batch_size for validation)"
+        )
+    if short and verbose:
+        print(f"--data_dir {data_dir}: skipping {len(short)} {split} shard(s) shorter than one step of "
+              f"{step_tokens} + 1 tokens: {first_three(short)}")
+    return usable
+
+
 class DataLoaderLite:
     """(B, T) batches from token shards. An optimizer step reads step_tokens consecutive tokens
     (plus one, for the shifted targets) as chunks of B*T: micro-step m of rank r reads chunk
@@ -81,22 +102,7 @@ class DataLoaderLite:
         self.step_tokens = step_tokens or B * T * num_processes  # validation: one micro-step a step
         assert self.step_tokens % (B * T * num_processes) == 0, "check_args guarantees a whole number of micro-steps"
         self.vocab_size = vocab_size
-        # the data set is checked whole (one finished fineweb.py run, token ids < vocab_size)
-        shards = find_shards(data_dir, split, vocab_size)
-        # every shard's size checked up front (a bad file fails at start-up, not hours in). A shard
-        # shorter than one step (fineweb.py's last one, with a small --shard_size) is skipped
-        sizes = {path: read_shard_header(path) for path in shards}
-        self.shards = [path for path in shards if sizes[path] >= self.step_tokens + 1]
-        short = [f"{os.path.basename(p)} ({sizes[p]} tokens)" for p in shards if p not in self.shards]
-        if not self.shards:
-            raise ShardError(
-                f"--data_dir {data_dir}: no {split} shard holds the {self.step_tokens} + 1 tokens that one step reads "
-                f"(the largest has {max(sizes.values())}); make larger shards with fineweb.py --shard_size (or "
-                f"--val_tokens), or lower --total_batch_size (or --batch_size for validation)"
-            )
-        if short and verbose:
-            print(f"--data_dir {data_dir}: skipping {len(short)} {split} shard(s) shorter than one step of "
-                  f"{self.step_tokens} + 1 tokens: {first_three(short)}")
+        self.shards = step_shards(data_dir, split, self.step_tokens, vocab_size, verbose)
         self.reset()
 
     def reset(self):
@@ -215,6 +221,9 @@ def optimizer_step(optimizer, scaler, lr, grad_clip):
 # evaluation: validation loss, HellaSwag, samples
 
 
+SLOW_VALIDATION_S = 30  # a validation expected to take longer says so
+
+
 @torch.no_grad()
 def validation_loss(model, val_loader, val_steps, autocast, d):
     """The mean loss of the val split's first val_steps batches, the same tokens at any number of
@@ -225,11 +234,17 @@ def validation_loss(model, val_loader, val_steps, autocast, d):
     model.eval()
     val_loader.reset()
     val_loss = torch.zeros((), device=d.device)
+    t0 = time.perf_counter()
     for i in range(val_steps):
         x, y = val_loader.next_batch()
         if i % d.world_size == d.rank:
             with autocast:
                 val_loss += model(x.to(d.device), y.to(d.device))[1] / val_steps
+        if i == 0 and d.master:  # a large model on a CPU validates for minutes: say how long
+            sync(d.device)
+            expected = (time.perf_counter() - t0) * math.ceil(val_steps / d.world_size)
+            if expected > SLOW_VALIDATION_S:
+                print(f"validation: {val_steps} batches, about {runlog.duration(expected)}", flush=True)
     if d.ddp:
         dist.all_reduce(val_loss)  # the sum of the ranks' shares
     return val_loss.item()
@@ -344,7 +359,8 @@ def train(args, d):
     # ---- the checkpoint to resume (its flags checked), or a fresh --log_dir; then the model
     ckpt, resume_path, changed = checkpoint.find_resume_checkpoint(args, d)
     if not (args.preset == "cpu" and args.data_dir == EMBEDDED_OUT_DIR):  # (made on first use, below)
-        check_data_dir(args.data_dir)  # a missing data set is said now, not after a model that takes minutes to build
+        # a data set missing or too small is said now, not after a model that takes minutes to build
+        step_shards(args.data_dir, "train", args.total_batch_size)
     model = build_model(args, ckpt)
     model.to(d.device)
     configure_tf32(device_type)

@@ -271,13 +271,22 @@ def test_short_shards_are_skipped_and_refused_only_when_none_holds_a_step(data_d
     assert f"--data_dir {d}: no train shard holds the 2048 + 1 tokens that one step reads (the largest has 1500)" in err
 
 
-def test_missing_data_is_said_before_the_model_is_built(tmp_path, capsys, monkeypatch):
-    """--preset gpt2-1558m on a machine without its data: the error comes at once, not after the
-    minutes that building 1.5B parameters takes on a CPU."""
+def test_missing_or_too_small_data_is_said_before_the_model_is_built(data_dir, tmp_path, capsys, monkeypatch):
+    """--preset gpt2-1558m on a machine without its data, or with data too small for its 1M-token
+    step: the error comes at once, not after the minutes that building 1.5B parameters takes on a CPU."""
     monkeypatch.setattr(train_gpt2, "build_model", lambda *a: pytest.fail("the model was built before the data check"))
-    err = refused(capsys, train_gpt2.main, ["--preset", "gpt2-1558m", "--device", "cpu", "--data_dir",
-                                            str(tmp_path / "none"), "--log_dir", str(tmp_path / "log")])
+    big = ["--preset", "gpt2-1558m", "--device", "cpu", "--log_dir", str(tmp_path / "log")]
+    err = refused(capsys, train_gpt2.main, [*big, "--data_dir", str(tmp_path / "none")])
     assert f"--data_dir {tmp_path / 'none'} does not exist" in err
+    err = refused(capsys, train_gpt2.main, [*big, "--data_dir", data_dir])
+    assert f"--data_dir {data_dir}: no train shard holds the 1048576 + 1 tokens that one step reads" in err
+
+
+def test_a_slow_validation_says_how_long_it_will_take(data_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train_gpt2, "SLOW_VALIDATION_S", 0.0)  # every validation is slow for this test
+    run(data_dir, tmp_path, *FLAGS, "--max_steps", "2", "--val_steps", "3")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("validation:")]
+    assert len(lines) == 2 and re.fullmatch(r"validation: 3 batches, about \S+", lines[0]), lines
 
 
 def test_data_dir_that_is_a_file(tmp_path, capsys):
