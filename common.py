@@ -122,6 +122,11 @@ def os_error(e):
 
 def write_error(path, e):
     """The one line for OSError e met while writing path: what happened and what to do."""
+    return UserError(f"cannot write {path}: {os_reason(e)}; nothing there was replaced")
+
+
+def os_reason(e):
+    """What OSError e means for the user and what to do, with its errno's name."""
     what = {errno.ENOSPC: "the disk is full: free some space or write elsewhere",
             errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere",
             errno.EROFS: "the file system is read-only: write elsewhere",
@@ -129,8 +134,7 @@ def write_error(path, e):
             errno.EPERM: "permission denied: fix the folder's permissions or write elsewhere",
             errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
             errno.EEXIST: "it is a file, not a folder: choose another path"}.get(e.errno)
-    return UserError(f"cannot write {path}: {what or e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); "
-                     f"nothing there was replaced")
+    return f"{what or e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})"
 
 
 def check_writable(path, flag, folder=False):

@@ -62,7 +62,7 @@ import zlib
 
 import numpy as np
 
-from common import ArgumentParser, UserError, exit_on_user_error, write_atomic
+from common import ArgumentParser, UserError, exit_on_user_error, os_reason, write_atomic
 from shards import MANIFEST, REPLACING, SHARD_GLOBS, TOKEN_DTYPE, first_three, load_shard, read_manifest, save_manifest, shard_entry, write_manifest, write_shard
 from tokenizer import get_tokenizer
 
@@ -429,7 +429,7 @@ def _staged_into(out_dir):
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would become the data set's mode
     except OSError as e:
         _remove_empty(made)
-        raise InputError(f"--out_dir {out_dir}: cannot make a folder there ({e}); choose another --out_dir") from e
+        raise InputError(f"--out_dir {out_dir}: cannot make a folder there: {os_reason(e)}") from e
     try:
         lock = _lock_staging(tmp)
         yield tmp
@@ -459,7 +459,7 @@ def _staged_into(out_dir):
             shutil.rmtree(tmp, ignore_errors=True)
         _remove_empty(made)
         if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
-            raise InputError(f"--out_dir {out_dir}: writing the shards failed ({e}); "
+            raise InputError(f"--out_dir {out_dir}: writing the shards failed: {os_reason(e)}; "
                              + ("rerun this command" if swapping else "this run's shards were removed")) from e
         raise
     finally:

@@ -173,7 +173,7 @@ def test_a_swap_that_fails_leaves_the_data_set_refused_until_rerun(tmp_path, mon
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(fineweb.InputError, match="writing the shards failed .*No space left on device.*rerun this command"):
+    with pytest.raises(fineweb.InputError, match=r"writing the shards failed: the disk is full: free some space or write elsewhere \(ENOSPC\); rerun this command"):
         fineweb.write_shards(["new text " * 300], out, "t", shard_size=512, val_tokens=256, overwrite=True, progress=False)
     monkeypatch.setattr(os, "replace", real_replace)
     with pytest.raises(ShardError, match="is half replaced"):
@@ -190,3 +190,14 @@ def test_a_new_data_folder_follows_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert os.stat(tmp_path / "data").st_mode & 0o777 == 0o755
+
+
+def test_a_read_only_out_dir_is_one_line_in_the_words_of_every_script(tmp_path, monkeypatch):
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    out = str(tmp_path / "data")
+    with pytest.raises(fineweb.InputError) as e:
+        fineweb.write_shards(["text " * 300], out, "t", shard_size=512, val_tokens=256, progress=False)
+    assert str(e.value) == f"--out_dir {out}: cannot make a folder there: the file system is read-only: write elsewhere (EROFS)"
