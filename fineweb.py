@@ -53,6 +53,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import sys
@@ -698,6 +699,10 @@ def get_parser():
     src.add_argument("--input", nargs="+", default=None, metavar="PATH",
                      help=f"local files, folders or globs instead (default: none): {LOCAL_TYPES}; read in the order given, "
                           "a glob's matches and a folder's files sorted")
+    src.add_argument("--shuffle", type=int, default=None, metavar="SEED",
+                     help="read --input's files in a random order of this seed (default: off, the order above). For a "
+                          "corpus of a document per file that path order groups by topic (linux-doc): validation and "
+                          "every stretch of training then sample the whole corpus, as FineWeb's shuffled stream does")
     src.add_argument("--embedded", action="store_true",
                      help=f"the embedded offline corpus instead: {EMBEDDED_NAME}; about 139k tokens, no network needed")
     out = p.add_argument_group("output")
@@ -741,6 +746,8 @@ def check_args(args):
         return args
     if args.input is not None and args.embedded:
         raise InputError("--input and --embedded are two different sources; give one")
+    if args.shuffle is not None and args.input is None:
+        raise InputError("--shuffle orders --input's files; give --input, or leave --shuffle out")
     if args.input is not None or args.embedded:
         hub = [f for f in ("dataset", "config") if getattr(args, f) is not None] + (["streaming"] if args.streaming else [])
         if hub:
@@ -798,7 +805,10 @@ def run(args):
         source, documents = embedded_source(), embedded_documents()
     elif args.input is not None:
         files = expand_inputs(args.input)
-        source, documents = {"kind": "local", "files": files}, local_documents(files)
+        if args.shuffle is not None:
+            random.Random(args.shuffle).shuffle(files)
+        source = {"kind": "local", "files": files, **({"shuffle_seed": args.shuffle} if args.shuffle is not None else {})}
+        documents = local_documents(files)
     else:
         source = {"kind": "huggingface", "dataset": args.dataset, "config": args.config, "split": "train"}
         documents = hf_documents(args.dataset, args.config, args.streaming)

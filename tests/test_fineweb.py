@@ -711,3 +711,29 @@ def gzip_bytes(data):
     import gzip
 
     return gzip.compress(data, mtime=0)
+
+
+def test_shuffle_reads_the_input_files_in_a_seeded_order(tmp_path, capsys):
+    """--shuffle SEED: the files in random.Random(SEED)'s order (recomputed here), the shards
+    holding the documents in that order; the same seed gives the same data set."""
+    import random
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(8):
+        (folder / f"{i:02d}.txt").write_text(f"document number {i} about topic {i * 7}")
+    files = sorted(str(p) for p in folder.iterdir())
+    expected = files[:]
+    random.Random(5).shuffle(expected)
+    assert expected != files
+    manifests = [fineweb.main(["--input", str(folder), "--out_dir", str(tmp_path / out), "--shuffle", "5",
+                               "--val_tokens", "4", "--shard_size", "1000"]) for out in ("a", "b")]
+    assert manifests[0]["source"]["files"] == expected and manifests[0]["source"]["shuffle_seed"] == 5
+    enc = get_tokenizer()
+    stream = np.concatenate([load_shard(str(tmp_path / "a" / s["name"])) for s in manifests[0]["shards"]])
+    want = [t for path in expected for t in [enc.eot_token] + enc.encode_ordinary(open(path).read())]
+    assert stream.tolist() == want
+    assert [s["tokens"] for s in manifests[1]["shards"]] == [s["tokens"] for s in manifests[0]["shards"]]
+    with pytest.raises(SystemExit):
+        fineweb.main(["--embedded", "--out_dir", str(tmp_path / "c"), "--shuffle", "1"])
+    assert "--shuffle orders --input's files; give --input" in capsys.readouterr().err
