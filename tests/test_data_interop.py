@@ -17,7 +17,7 @@ from shards import MANIFEST, REPLACING, ShardError, check_vocab, data_fingerprin
 from test_train import ROOT, data_dir, read_log, run  # noqa: F401 (data_dir: the fixture)
 from test_user_faults import refused, snapshot
 
-FLAGS = ["--total_batch_size", "64", "--eval_every", "2", "--save_every", "2"]
+FLAGS = ["--total_batch_size", "64", "--eval_every", "2", "--save_every", "2", "--val_steps", "4"]
 
 
 def without_manifest(data_dir, d):

@@ -70,7 +70,7 @@ def test_kill_9_mid_run_then_resume_is_bit_exact(data_dir, tmp_path):
     """A training process killed with SIGKILL wherever it is (mid-step, mid-checkpoint, mid-log
     line), then --resume: the same losses, val losses, weights and AdamW state as a run never
     stopped."""
-    flags = [*FLAGS, "--max_steps", "100000"]  # the schedule is the same for both runs; they stop early
+    flags = [*FLAGS, "--max_steps", "100000", "--val_steps", "4"]  # the same schedule for both runs; they stop early
     p = subprocess.Popen([sys.executable, "train_gpt2.py", "--data_dir", data_dir, "--log_dir", str(tmp_path / "run"),
                           *TINY, *flags], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
