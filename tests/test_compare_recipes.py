@@ -73,7 +73,7 @@ def test_the_smallest_complete_modern_budget_at_or_below_the_target():
     """Shorter modern runs, each with its schedule ending at its budget: the report names the
     smallest budget whose run finishes at or below the baseline's final val loss."""
     runs = [
-        run("gpt2_a", "gpt2", 4.0, [(0, 10.0), (4000, 4.0)], budget=4000),
+        run("gpt2_a", "gpt2", 4.0, [(0, 10.0), (2000, 3.9), (4000, 4.0)], budget=4000),  # dips below its end early
         run("gpt2_b", "gpt2", 4.2, [(0, 10.0), (4000, 4.2)], budget=4000),
         run("gpt2_c", "gpt2", 4.4, [(0, 10.0), (4000, 4.4)], budget=4000),
         run("modern_500", "modern", 4.3, [(0, 10.0), (500, 4.3)], budget=500),     # not low enough
@@ -86,7 +86,10 @@ def test_the_smallest_complete_modern_budget_at_or_below_the_target():
     # the full-budget pick is read off its curve as before; the shorter runs never are the pick
     assert report["modern"] == "modern_4000" and report["modern_tokens"] == pytest.approx(2000 + 2000 * 1 / 2)
     assert (report["complete"], report["complete_tokens"], report["complete_ratio"]) == ("modern_1000", 1000, 0.25)
-    assert "modern_1000, 1,000 tokens, 0.250 of the baseline's (4.00x fewer)" in cr.table(runs, report)
+    # gpt2_a's curve first reaches 4.0 at 2000 * 6 / 6.1 tokens, on its way to the dip
+    assert report["baseline_tokens"] == pytest.approx(2000 * 6 / 6.1)
+    assert report["complete_ratio_read"] == pytest.approx(1000 / (2000 * 6 / 6.1))
+    assert "modern_1000, 1,000 tokens, 0.250 of the baseline's budget (4.00x fewer), 0.508 of the tokens" in cr.table(runs, report)
 
 
 def test_edge_warnings_name_a_grid_whose_best_is_at_its_end():
