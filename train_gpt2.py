@@ -316,21 +316,28 @@ def build_model(args, ckpt):
     return model
 
 
-def make_loaders(args, d, vocab_size):
-    """The train and validation loaders of --data_dir. The cpu preset's embedded corpus needs no
-    network: rank 0 makes its shards on first use, and every rank waits for that, whatever it
-    finds on disk."""
+def prepare_data(args, d):
+    """--data_dir, checked before the model is built (minutes for a large one on a CPU): refused
+    if missing or too small for one step, noted if it has no manifest. The cpu preset's embedded
+    corpus needs no network: rank 0 makes its shards on first use, and every rank waits for that,
+    whatever it finds on disk. Returns the data set's fingerprint, which checkpoints record."""
     if args.preset == "cpu" and args.data_dir == EMBEDDED_OUT_DIR:
         if d.master and not os.path.isdir(args.data_dir):
             print(f"preparing the embedded corpus (CPython's reference docs) in {args.data_dir}")
             prepare_embedded(args.data_dir)
         if d.ddp:
             dist.barrier()
+    step_shards(args.data_dir, "train", args.total_batch_size)
     manifest = check_data_dir(args.data_dir)
     if d.master and manifest.get("indexed") is False:
         print(f"--data_dir {args.data_dir} has no {MANIFEST}: reading its {len(manifest['shards'])} shards "
               f"({manifest['tokens']:,} tokens) as one data set, each whole by its header (llm.c's format); "
               f"python fineweb.py --index {args.data_dir} would record them")
+    return data_fingerprint(args.data_dir)  # (see checkpoint.same_data)
+
+
+def make_loaders(args, d, vocab_size):
+    """The train and validation loaders of --data_dir, token ids checked against vocab_size."""
     train_loader = DataLoaderLite(args.batch_size, args.seq_len, d.rank, d.world_size, "train", args.data_dir,
                                   step_tokens=args.total_batch_size, vocab_size=vocab_size, verbose=d.master)
     # validation reads the same batches at any number of ranks (see validation_loss)
@@ -358,9 +365,7 @@ def train(args, d):
 
     # ---- the checkpoint to resume (its flags checked), or a fresh --log_dir; then the model
     ckpt, resume_path, changed = checkpoint.find_resume_checkpoint(args, d)
-    if not (args.preset == "cpu" and args.data_dir == EMBEDDED_OUT_DIR):  # (made on first use, below)
-        # a data set missing or too small is said now, not after a model that takes minutes to build
-        step_shards(args.data_dir, "train", args.total_batch_size)
+    data_id = prepare_data(args, d)
     model = build_model(args, ckpt)
     model.to(d.device)
     configure_tf32(device_type)
@@ -373,7 +378,6 @@ def train(args, d):
 
     # ---- data
     train_loader, val_loader = make_loaders(args, d, model.config.vocab_size)
-    data_id = data_fingerprint(args.data_dir)  # checkpoints name their data by content (see checkpoint.same_data)
     hella_examples = load_hellaswag(args, d) if args.hellaswag else None
 
     # ---- FSDP, the optimizer (of the sharded parameters), the state of a resumed run

@@ -201,3 +201,19 @@ def test_a_read_only_out_dir_is_one_line_in_the_words_of_every_script(tmp_path, 
     with pytest.raises(fineweb.InputError) as e:
         fineweb.write_shards(["text " * 300], out, "t", shard_size=512, val_tokens=256, progress=False)
     assert str(e.value) == f"--out_dir {out}: cannot make a folder there: the file system is read-only: write elsewhere (EROFS)"
+
+
+def test_the_cpu_presets_corpus_is_made_before_the_model_on_first_use(tmp_path, monkeypatch, capsys):
+    """No data/pydoc yet: prepare_data (called before the model is built) makes it, checks it and
+    returns its fingerprint, which a second call finds unchanged."""
+    import train_gpt2
+    from parallel import Dist
+    from train_args import parse_args
+
+    monkeypatch.chdir(tmp_path)
+    args = parse_args(["--preset", "cpu"])
+    d = Dist(ddp=False, rank=0, world_size=1, device="cpu")
+    fingerprint = train_gpt2.prepare_data(args, d)
+    assert "preparing the embedded corpus" in capsys.readouterr().out
+    assert fingerprint == data_fingerprint(args.data_dir) == train_gpt2.prepare_data(args, d)
+    assert "preparing" not in capsys.readouterr().out  # made once
